@@ -1,0 +1,51 @@
+//! The command line: `run`, `check`, `demo`, `simulate`, as typed by the user.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DEFAULT_PATH;
+use crate::simulate::SensorKind;
+
+#[derive(Debug, Parser)]
+#[command(name = "ser2mqtt", version, about = "Serial sensors to MQTT, with an embedded broker")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without starting anything (exit 0 valid, 64 invalid).
+    Check {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Run the gateway on built-in simulated sensors (no hardware needed).
+    Demo {
+        /// Where the embedded broker listens.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+    },
+    /// Write a simulated sensor's frames to a serial device or pty.
+    Simulate {
+        #[arg(long, value_enum)]
+        sensor: SensorKind,
+        #[arg(long)]
+        device: PathBuf,
+        /// Frames per second; 0 writes as fast as the device takes them. Default: the sensor's own rate.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Stop after this many frames.
+        #[arg(long)]
+        count: Option<u64>,
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+    },
+}

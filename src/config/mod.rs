@@ -1,0 +1,210 @@
+//! Configuration: loading the YAML file, reporting every problem in it with its position, and the
+//! resolved settings the gateway runs on.
+//!
+//! Two steps, as in ripgrep and Vector: `raw` mirrors the file (serde, unknown keys denied), `resolve`
+//! checks meaning and builds compiled forms (regexes, templates, codecs). Each top-level section, each
+//! port and each map is deserialized on its own, so one file shows all its problems at once; each
+//! problem carries `file:line:column`, the key path, what is wrong and what would be valid.
+
+pub mod locate;
+pub mod raw;
+mod resolve;
+pub mod summary;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use locate::Location;
+use locate::LocationIndex;
+use raw::{FlowControl, Parity};
+
+use crate::decode::FrameDecoder;
+use crate::serial::checksum::Checksum;
+use crate::serial::framing::FramingSpec;
+use crate::topic_map::TopicMap;
+
+/// Where the packaged service looks when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/ser2mqtt/ser2mqtt.yaml";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: GatewaySettings,
+    pub log_level: Option<String>,
+    pub broker: BrokerSettings,
+    pub ports: Vec<PortSettings>,
+    pub maps: Vec<TopicMap>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub name: String,
+    /// Rendered: `{gateway}` already filled in.
+    pub status_topic: String,
+    pub channel_capacity: NonZeroUsize,
+    pub stats_interval: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSettings {
+    pub addr: SocketAddr,
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AclRule {
+    /// `None` means every client.
+    pub user: Option<String>,
+    pub subscribe: Vec<String>,
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerSettings {
+    pub listeners: Vec<ListenerSettings>,
+    pub users: Vec<(String, String)>,
+    pub acl: Vec<AclRule>,
+    pub max_queue_len: NonZeroUsize,
+    pub max_sessions: NonZeroUsize,
+}
+
+/// The broker's listener when the config names none: loopback only, as Mosquitto 2 does.
+pub const DEFAULT_LISTENER: &str = "127.0.0.1:1883";
+
+impl BrokerSettings {
+    /// Loopback only, anonymous allowed (nothing off the machine can reach it).
+    pub fn local_only(addr: SocketAddr) -> BrokerSettings {
+        BrokerSettings {
+            listeners: vec![ListenerSettings { addr, allow_anonymous: true }],
+            users: Vec::new(),
+            acl: Vec::new(),
+            max_queue_len: resolve::DEFAULT_MAX_QUEUE_LEN,
+            max_sessions: resolve::DEFAULT_MAX_SESSIONS,
+        }
+    }
+}
+
+/// One serial port, resolved.
+#[derive(Debug, Clone)]
+pub struct PortSettings {
+    pub name: Arc<str>,
+    pub device: PathBuf,
+    pub baud_rate: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    pub flow_control: FlowControl,
+    pub framing: FramingSpec,
+    pub checksum: Option<Checksum>,
+    pub decoder: Arc<FrameDecoder>,
+    pub silence_timeout: Duration,
+    /// Rendered: `{gateway}` and `{port}` filled in.
+    pub availability_topic: String,
+    pub skip_first_frames: u32,
+    pub reopen_backoff_max: Duration,
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub location: Option<Location>,
+    /// Key path such as `ports[0].framing.type`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(f, "{}: {n} problem{}", self.file.display(), if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            write!(f, "{}", self.file.display())?;
+            if let Some(l) = p.location {
+                write!(f, ":{}:{}", l.line, l.column)?;
+            }
+            if p.path.is_empty() {
+                writeln!(f, ": {}", p.message)?;
+            } else {
+                writeln!(f, ": {}: {}", p.path, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+    parse(&text, path).map_err(LoadError::Invalid)
+}
+
+/// Validates configuration `text`; `file` is only used in messages.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigErrors> {
+    let index = LocationIndex::build(text);
+    let mut problems = Problems { index: &index, list: Vec::new() };
+    let config = resolve::resolve(text, &mut problems);
+    match config {
+        Some(c) if problems.list.is_empty() => Ok(c),
+        _ => {
+            let mut list = problems.list;
+            list.sort_by_key(|p| p.location.map(|l| (l.line, l.column)));
+            Err(ConfigErrors { file: file.into(), problems: list })
+        }
+    }
+}
+
+/// Collects problems, locating each by its key path.
+pub(crate) struct Problems<'a> {
+    index: &'a LocationIndex,
+    list: Vec<Problem>,
+}
+
+impl Problems<'_> {
+    pub(crate) fn add(&mut self, path: &str, message: impl Into<String>) {
+        let location = self.index.find(path);
+        self.list.push(Problem { location, path: path.to_string(), message: message.into() });
+    }
+
+    pub(crate) fn add_at(&mut self, location: Option<Location>, path: &str, message: impl Into<String>) {
+        self.list.push(Problem { location, path: path.to_string(), message: message.into() });
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.list.len()
+    }
+}
+
+/// The valid name nearest to `typed`, if any is close enough to be a likely typo.
+pub fn suggest<'a>(typed: &str, valid: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    valid
+        .into_iter()
+        .map(|v| (strsim::jaro_winkler(typed, v), v))
+        .filter(|(score, _)| *score >= 0.75)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, v)| v)
+}

@@ -1,0 +1,461 @@
+//! The configuration file as typed by the user: serde structs that mirror the YAML one to one.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored key. Defaults live
+//! in functions so the reference in the README and the code agree. Nothing here is checked beyond its
+//! shape; `resolve` turns these into the validated form the gateway runs on.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The top-level keys, each kept as a raw YAML value so that one bad section does not hide the
+/// problems in the others (every section is deserialized, and reported, on its own).
+pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "log", "broker", "ports", "maps"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Fills `{gateway}` in topic templates; one name per board.
+    #[serde(default = "default_gateway_name")]
+    pub name: String,
+    /// Retained `online`/`offline` for the gateway as a whole.
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    /// Readings waiting between the serial readers and the publisher. A UART cannot be paused, so when
+    /// this is full the newest reading is dropped and counted rather than blocking the reader.
+    #[serde(default = "default_channel_capacity")]
+    pub channel_capacity: usize,
+    /// How often per-port counters are published (retained JSON under the status topic).
+    #[serde(default = "default_stats_interval", with = "humantime_serde")]
+    pub stats_interval: Duration,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        RawGateway {
+            name: default_gateway_name(),
+            status_topic: default_status_topic(),
+            channel_capacity: default_channel_capacity(),
+            stats_interval: default_stats_interval(),
+        }
+    }
+}
+
+fn default_gateway_name() -> String {
+    "ser2mqtt".into()
+}
+fn default_status_topic() -> String {
+    "{gateway}/status".into()
+}
+fn default_channel_capacity() -> usize {
+    // About 10 s of 100 frames/s: enough to ride out a slow subscriber burst without holding much RAM.
+    1024
+}
+fn default_stats_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter; `RUST_LOG` overrides it.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    /// Where the embedded broker listens; none means 127.0.0.1:1883 only.
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    /// Users who may connect with a username and password.
+    #[serde(default)]
+    pub users: Vec<RawUser>,
+    /// Topic rules; when any is given, everything not allowed is denied.
+    #[serde(default)]
+    pub acl: Vec<RawAclRule>,
+    /// Messages queued per client before the broker drops them (and also caps how many retained
+    /// messages one subscription receives).
+    pub max_queue_len: Option<usize>,
+    /// Concurrent client sessions the broker accepts.
+    pub max_sessions: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `ADDR:PORT`, e.g. `0.0.0.0:1883`.
+    pub bind: String,
+    /// Clients without a username may connect. Required to be said explicitly for a non-loopback
+    /// listener without users, as in Mosquitto 2.
+    pub allow_anonymous: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAclRule {
+    /// A username, or `"*"` for every client (anonymous ones included).
+    pub user: String,
+    /// Topic filters this user may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Topic filters this user may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPort {
+    /// Fills `{port}` in topics; maps select ports by it.
+    pub name: String,
+    /// `/dev/ttyUSB0`, or better a stable link such as `/dev/serial/by-id/…`.
+    pub device: PathBuf,
+    #[serde(default = "default_baud_rate")]
+    pub baud_rate: u32,
+    #[serde(default = "default_data_bits")]
+    pub data_bits: u8,
+    #[serde(default)]
+    pub parity: Parity,
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default)]
+    pub flow_control: FlowControl,
+    pub framing: RawFraming,
+    #[serde(default)]
+    pub checksum: Option<RawChecksum>,
+    pub decoder: RawDecoder,
+    /// No valid frame for this long marks the port `offline`.
+    #[serde(default = "default_silence_timeout", with = "humantime_serde")]
+    pub silence_timeout: Duration,
+    /// Retained `online`/`offline` for this port.
+    #[serde(default = "default_availability_topic")]
+    pub availability_topic: String,
+    /// Frames to drop silently after each open (Arduino boards reset on open and print a partial line).
+    #[serde(default)]
+    pub skip_first_frames: u32,
+    /// Longest wait between attempts to reopen a missing or failed port.
+    #[serde(default = "default_reopen_max", with = "humantime_serde")]
+    pub reopen_backoff_max: Duration,
+}
+
+fn default_baud_rate() -> u32 {
+    9600
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+fn default_silence_timeout() -> Duration {
+    // Most sensors send every 1 s; ten missed frames is a dead sensor, not jitter.
+    Duration::from_secs(10)
+}
+fn default_availability_topic() -> String {
+    "{gateway}/{port}/availability".into()
+}
+fn default_reopen_max() -> Duration {
+    // A re-plugged USB adapter is back within seconds; 30 s keeps a missing one from spamming logs.
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    #[default]
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowControl {
+    #[default]
+    None,
+    Software,
+    Hardware,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ByteOrder {
+    #[default]
+    Big,
+    Little,
+}
+
+/// Bytes written in YAML either as a list of numbers (`[0x42, 0x4D]`) or a hex string (`"42 4D"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawBytes {
+    List(Vec<u8>),
+    Hex(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawFraming {
+    /// Text or binary records ended by a delimiter (`"\n"`, `"\r\n"`, …); the delimiter is removed.
+    Lines {
+        #[serde(default = "default_delimiter")]
+        delimiter: String,
+        #[serde(default = "default_max_line")]
+        max_length: usize,
+    },
+    /// Every frame has the same length, optionally starting with a header and ending with a trailer
+    /// (both used to find frame boundaries again after garbage).
+    Fixed {
+        length: usize,
+        #[serde(default)]
+        header: Option<RawBytes>,
+        #[serde(default)]
+        trailer: Option<RawBytes>,
+    },
+    /// A frame runs from a start marker to an end marker; an escape byte makes the next byte literal.
+    Markers {
+        start: RawBytes,
+        end: RawBytes,
+        #[serde(default)]
+        escape: Option<u8>,
+        #[serde(default = "default_max_line")]
+        max_length: usize,
+    },
+    /// A header, then a length field saying how long the frame is.
+    LengthPrefixed {
+        header: RawBytes,
+        /// Offset of the length field from the start of the frame.
+        length_offset: usize,
+        /// 1, 2 or 4 bytes.
+        length_width: u8,
+        #[serde(default)]
+        length_byte_order: ByteOrder,
+        /// What the length counts: the bytes after the length field (`rest`) or the whole frame.
+        #[serde(default)]
+        length_counts: LengthCounts,
+        /// Added to the length to get the real size (e.g. a trailing checksum it does not count).
+        #[serde(default)]
+        length_adjust: i64,
+        #[serde(default = "default_max_line")]
+        max_length: usize,
+    },
+}
+
+fn default_delimiter() -> String {
+    "\n".into()
+}
+fn default_max_line() -> usize {
+    // Longer than any sensor line we know (NMEA is 82), short enough that garbage cannot grow memory.
+    512
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LengthCounts {
+    #[default]
+    Rest,
+    Frame,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumKind {
+    None,
+    /// NMEA 0183: XOR of the bytes between `$` and `*`, as two hex digits after `*`.
+    Nmea,
+    Xor,
+    Sum8,
+    Sum16,
+    Crc8,
+    Crc16Modbus,
+    Crc16Ccitt,
+    Crc32,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumEncoding {
+    /// The checksum is raw bytes in the frame.
+    #[default]
+    Binary,
+    /// The checksum is written as uppercase or lowercase hex digits.
+    Hex,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChecksum {
+    #[serde(rename = "type")]
+    pub kind: ChecksumKind,
+    /// First byte covered; negative counts from the end of the frame.
+    #[serde(default)]
+    pub start: i64,
+    /// One past the last byte covered; negative counts from the end. Default: up to the checksum.
+    pub end: Option<i64>,
+    /// Where the checksum sits; negative counts from the end. Default: the last bytes of the frame.
+    pub at: Option<i64>,
+    #[serde(default)]
+    pub byte_order: ByteOrder,
+    #[serde(default)]
+    pub encoding: ChecksumEncoding,
+    /// For `nmea`: when false, a sentence without `*hh` is accepted unchecked.
+    #[serde(default = "default_true")]
+    pub required: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldKind {
+    /// A number if it parses as one, `true`/`false` as a bool, otherwise a string.
+    #[default]
+    Auto,
+    Number,
+    String,
+    Bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawDecoder {
+    /// Named captures become fields; the first pattern that matches wins. Empty captures are absent.
+    Regex {
+        patterns: Vec<String>,
+        #[serde(default)]
+        types: BTreeMap<String, FieldKind>,
+    },
+    /// Columns of a separated line, named in order; `null` skips a column.
+    Csv {
+        #[serde(default = "default_separator")]
+        separator: char,
+        columns: Vec<Option<String>>,
+        #[serde(default)]
+        types: BTreeMap<String, FieldKind>,
+    },
+    /// `key=value` pairs; `keys` lists those the maps may use.
+    KeyValue {
+        #[serde(default = "default_separator")]
+        pair_separator: char,
+        #[serde(default = "default_kv_separator")]
+        separator: char,
+        keys: Vec<String>,
+        #[serde(default)]
+        types: BTreeMap<String, FieldKind>,
+    },
+    /// A JSON document; each field is a JSON pointer into it (`/t`, `/sensor/temp`).
+    Json { fields: BTreeMap<String, String> },
+    /// Fixed-position binary fields.
+    Binary { fields: Vec<RawBinaryField> },
+}
+
+fn default_separator() -> char {
+    ','
+}
+fn default_kv_separator() -> char {
+    '='
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryType {
+    U8,
+    U16,
+    U32,
+    U64,
+    I8,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBinaryField {
+    pub name: String,
+    /// Byte offset from the start of the frame.
+    pub at: usize,
+    #[serde(rename = "type")]
+    pub kind: BinaryType,
+    #[serde(default)]
+    pub byte_order: ByteOrder,
+    /// Swap 16-bit words of 32/64-bit values (Modbus "CDAB" register order).
+    #[serde(default)]
+    pub word_swap: bool,
+    /// value = raw × scale + add
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub add: f64,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMap {
+    /// The port whose frames this map publishes.
+    pub port: String,
+    /// Only frames whose field equals one of these values.
+    #[serde(default)]
+    pub when: Option<RawWhen>,
+    /// The fields to publish; default all the decoder produced.
+    #[serde(default)]
+    pub fields: Option<Vec<String>>,
+    /// Topic template: `{gateway}`, `{port}`, `{field}` (per-field maps) and any decoded field.
+    pub topic: String,
+    #[serde(default)]
+    pub publish: PublishUnit,
+    /// Default: `plain` for per-field maps, `json` for per-frame maps.
+    #[serde(default)]
+    pub payload: Option<PayloadFormat>,
+    #[serde(default)]
+    pub qos: u8,
+    #[serde(default)]
+    pub retain: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    pub field: String,
+    #[serde(default)]
+    pub equals: Option<String>,
+    #[serde(default, rename = "in")]
+    pub one_of: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishUnit {
+    /// One message per field.
+    #[default]
+    PerField,
+    /// One message per frame carrying all selected fields.
+    PerFrame,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// The value as text: `21.5`, `true`, `A`.
+    Plain,
+    /// `{"value":…}` or the fields, plus `"time"` (RFC 3339, ms) and `"ts"` (unix ms).
+    Json,
+}

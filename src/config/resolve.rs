@@ -1,0 +1,617 @@
+//! Raw YAML → validated `Config`: deserializes each section on its own and checks what serde cannot
+//! (references between ports and maps, template placeholders, ranges, safe broker defaults).
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use super::raw::*;
+use super::{
+    suggest, AclRule, BrokerSettings, Config, GatewaySettings, ListenerSettings, Location, PortSettings, Problems,
+    DEFAULT_LISTENER,
+};
+use crate::decode::{binary_width, BinaryField, FrameDecoder};
+use crate::serial::checksum::{Algorithm, Checksum};
+use crate::serial::framing::FramingSpec;
+use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
+
+// Safe for a Pi-class board; both are per-broker limits in the rmqtt engine.
+/// rmqtt caps how many retained messages reach one subscription at queue + inflight; 4096 leaves room
+/// for a few thousand retained sensor topics.
+pub(super) const DEFAULT_MAX_QUEUE_LEN: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
+/// Sessions on a LAN gateway: dashboards, loggers, a few phones. Bounds memory if a client misbehaves.
+pub(super) const DEFAULT_MAX_SESSIONS: NonZeroUsize = NonZeroUsize::new(256).unwrap();
+
+pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
+    let doc: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let location = e.location().map(|l| Location { line: l.line(), column: l.column() });
+            p.add_at(location, "", format!("not valid YAML: {e}"));
+            return None;
+        }
+    };
+    let mut top = match doc {
+        Value::Mapping(m) => m,
+        Value::Null => Default::default(),
+        _ => {
+            p.add("", "the file must be a mapping with keys such as `ports:` and `maps:`");
+            return None;
+        }
+    };
+    for key in top.keys() {
+        let name = key.as_str().unwrap_or("?");
+        if !TOP_LEVEL_KEYS.contains(&name) {
+            p.add(name, unknown_key_message(name, TOP_LEVEL_KEYS));
+        }
+    }
+    let mut take = |k: &str| top.remove(k).unwrap_or(Value::Null);
+    let (gateway_v, log_v, broker_v, ports_v, maps_v) =
+        (take("gateway"), take("log"), take("broker"), take("ports"), take("maps"));
+
+    let gateway: RawGateway = section(gateway_v, "gateway", p).unwrap_or_default();
+    let log: RawLog = section(log_v, "log", p).unwrap_or_default();
+    let broker: Option<RawBroker> = section(broker_v, "broker", p);
+    let port_values = list(ports_v, "ports", p);
+    let map_values = list(maps_v, "maps", p);
+
+    let gateway = resolve_gateway(&gateway, p);
+    if let Some(level) = &log.level {
+        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+            p.add("log.level", format!("`{level}` is not a log level: use error, warn, info, debug or trace"));
+        }
+    }
+    let broker = broker.and_then(|b| resolve_broker(&b, p));
+
+    // Names of every port, even those whose section failed, so maps are not blamed for it.
+    let all_port_names: Vec<String> = port_values
+        .iter()
+        .filter_map(|v| v.get("name").and_then(Value::as_str).map(String::from))
+        .collect();
+    let mut ports = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, v) in port_values.into_iter().enumerate() {
+        let path = format!("ports[{i}]");
+        if let Some(raw) = section::<RawPort>(v, &path, p) {
+            if !seen.insert(raw.name.clone()) {
+                p.add(&format!("{path}.name"), format!("port name `{}` is used twice; names must be unique", raw.name));
+            }
+            if let Some(port) = resolve_port(&raw, &path, &gateway.name, p) {
+                ports.push(port);
+            }
+        }
+    }
+    let mut maps = Vec::new();
+    for (i, v) in map_values.into_iter().enumerate() {
+        let path = format!("maps[{i}]");
+        if let Some(raw) = section::<RawMap>(v, &path, p) {
+            if let Some(m) = resolve_map(&raw, &path, &ports, &all_port_names, p) {
+                maps.push(m);
+            }
+        }
+    }
+    Some(Config {
+        gateway,
+        log_level: log.level,
+        broker: broker?,
+        ports,
+        maps,
+    })
+}
+
+/// A message for an unknown key, with the nearest valid one.
+fn unknown_key_message(name: &str, valid: &[&str]) -> String {
+    let list = valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
+    match suggest(name, valid.iter().copied()) {
+        Some(s) => format!("unknown key `{name}`, did you mean `{s}`? (valid: {list})"),
+        None => format!("unknown key `{name}` (valid: {list})"),
+    }
+}
+
+/// Deserializes one section; on failure records the problem at the exact key and returns None.
+fn section<T: DeserializeOwned>(v: Value, path: &str, p: &mut Problems) -> Option<T> {
+    let v = if v.is_null() { Value::Mapping(Default::default()) } else { v };
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let mut full = path.to_string();
+            for seg in e.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Seq { index } => full.push_str(&format!("[{index}]")),
+                    serde_path_to_error::Segment::Map { key } => {
+                        full.push('.');
+                        full.push_str(key);
+                    }
+                    serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            let (at, message) = explain(&full, &e.into_inner().to_string());
+            p.add(&at, message);
+            None
+        }
+    }
+}
+
+/// Rewrites serde's message into one that says what would be valid; returns the path to point at.
+fn explain(path: &str, message: &str) -> (String, String) {
+    let backticked = |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(String::from).collect() };
+    for (prefix, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let names = backticked(&message[prefix.len() - 1..]);
+            let Some((typed, valid)) = names.split_first() else { break };
+            let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
+            let list = valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
+            let hint = match suggest(typed, valid.iter().copied()) {
+                Some(s) => format!(", did you mean `{s}`?"),
+                None => String::new(),
+            };
+            let at = if what == "key" { format!("{path}.{typed}") } else { path.to_string() };
+            let _ = rest;
+            return (at, format!("unknown {what} `{typed}`{hint} (valid: {list})"));
+        }
+    }
+    if message.contains("did not match any variant of untagged enum RawBytes") {
+        return (path.into(), "expected bytes: a list like [0x42, 0x4D] or a hex string like \"42 4D\"".into());
+    }
+    if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        let what = if field == "type" { " (the kind of framing or decoder)" } else { "" };
+        return (path.into(), format!("missing key `{field}`{what}"));
+    }
+    (path.into(), message.to_string())
+}
+
+fn list(v: Value, path: &str, p: &mut Problems) -> Vec<Value> {
+    match v {
+        Value::Null => Vec::new(),
+        Value::Sequence(s) => s,
+        _ => {
+            p.add(path, format!("`{path}` must be a list (items start with `- `)"));
+            Vec::new()
+        }
+    }
+}
+
+fn topic_name_ok(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#', '{', '}', '\0'])
+}
+
+fn resolve_gateway(raw: &RawGateway, p: &mut Problems) -> GatewaySettings {
+    if !topic_name_ok(&raw.name) {
+        p.add("gateway.name", "must be non-empty and contain none of `/ + # { }` (it becomes a topic level)");
+    }
+    let status_topic = render_fixed(&raw.status_topic, "gateway.status_topic", &[("gateway", &raw.name)], p);
+    let channel_capacity = NonZeroUsize::new(raw.channel_capacity).unwrap_or_else(|| {
+        p.add("gateway.channel_capacity", "must be at least 1");
+        NonZeroUsize::MIN
+    });
+    if raw.stats_interval.is_zero() {
+        p.add("gateway.stats_interval", "must be longer than 0s, e.g. `30s`");
+    }
+    GatewaySettings { name: raw.name.clone(), status_topic, channel_capacity, stats_interval: raw.stats_interval }
+}
+
+/// Renders a template that may only use the given placeholders.
+fn render_fixed(text: &str, path: &str, vars: &[(&str, &str)], p: &mut Problems) -> String {
+    match Template::parse(text) {
+        Ok(t) => {
+            let allowed: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
+            for name in t.placeholders() {
+                if !allowed.contains(&name) {
+                    p.add(path, format!("placeholder `{{{name}}}` is not available here (valid: {})", braces(&allowed)));
+                }
+            }
+            t.render(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())).unwrap_or_default()
+        }
+        Err(e) => {
+            p.add(path, e);
+            String::new()
+        }
+    }
+}
+
+fn braces(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{{{n}}}`")).collect::<Vec<_>>().join(", ")
+}
+
+fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
+    let start = p.count();
+    let mut listeners = Vec::new();
+    let raw_listeners = if raw.listeners.is_empty() {
+        vec![RawListener { bind: DEFAULT_LISTENER.into(), allow_anonymous: None }]
+    } else {
+        raw.listeners.clone()
+    };
+    for (i, l) in raw_listeners.iter().enumerate() {
+        let path = format!("broker.listeners[{i}]");
+        let Ok(addr) = l.bind.parse::<SocketAddr>() else {
+            p.add(&format!("{path}.bind"), format!("`{}` is not ADDR:PORT, e.g. `0.0.0.0:1883` or `[::]:1883`", l.bind));
+            continue;
+        };
+        let loopback = addr.ip().is_loopback();
+        if !loopback && raw.users.is_empty() && l.allow_anonymous != Some(true) {
+            p.add(
+                &path,
+                format!(
+                    "listener {addr} is reachable from the network but no `broker.users` are configured: add users, \
+                     or set `allow_anonymous: true` to let anyone on the network connect"
+                ),
+            );
+        }
+        // Loopback listeners default to anonymous (as on a fresh Mosquitto 2); others only if said.
+        let allow_anonymous = l.allow_anonymous.unwrap_or(loopback || raw.users.is_empty());
+        listeners.push(ListenerSettings { addr, allow_anonymous });
+    }
+    let mut names = HashSet::new();
+    for (i, u) in raw.users.iter().enumerate() {
+        if u.username.is_empty() || !names.insert(u.username.as_str()) {
+            p.add(&format!("broker.users[{i}].username"), "usernames must be non-empty and unique");
+        }
+        if u.password.is_empty() {
+            p.add(&format!("broker.users[{i}].password"), "an empty password is not allowed");
+        }
+    }
+    let mut acl = Vec::new();
+    for (i, r) in raw.acl.iter().enumerate() {
+        let path = format!("broker.acl[{i}]");
+        let user = if r.user == "*" { None } else { Some(r.user.clone()) };
+        if let Some(u) = &user {
+            if !names.contains(u.as_str()) {
+                let hint = suggest(u, names.iter().copied()).map(|s| format!(" did you mean `{s}`?")).unwrap_or_default();
+                p.add(&format!("{path}.user"), format!("`{u}` is not in `broker.users`;{hint} use `\"*\"` for every client"));
+            }
+        }
+        for (kind, filters) in [("subscribe", &r.subscribe), ("publish", &r.publish)] {
+            for (j, f) in filters.iter().enumerate() {
+                if let Err(e) = check_filter(f) {
+                    p.add(&format!("{path}.{kind}[{j}]"), e);
+                }
+            }
+        }
+        acl.push(AclRule { user, subscribe: r.subscribe.clone(), publish: r.publish.clone() });
+    }
+    let nonzero = |v: Option<usize>, d: NonZeroUsize, key: &str, p: &mut Problems| match v {
+        None => d,
+        Some(n) => NonZeroUsize::new(n).unwrap_or_else(|| {
+            p.add(&format!("broker.{key}"), "must be at least 1");
+            d
+        }),
+    };
+    let max_queue_len = nonzero(raw.max_queue_len, DEFAULT_MAX_QUEUE_LEN, "max_queue_len", p);
+    let max_sessions = nonzero(raw.max_sessions, DEFAULT_MAX_SESSIONS, "max_sessions", p);
+    (p.count() == start).then(|| BrokerSettings {
+        listeners,
+        users: raw.users.iter().map(|u| (u.username.clone(), u.password.clone())).collect(),
+        acl,
+        max_queue_len,
+        max_sessions,
+    })
+}
+
+/// MQTT topic filter rules: non-empty, `#` only as the whole last level, `+` only as a whole level.
+fn check_filter(f: &str) -> Result<(), String> {
+    let levels: Vec<&str> = f.split('/').collect();
+    let bad = f.is_empty()
+        || levels.iter().enumerate().any(|(i, l)| {
+            (l.contains('#') && (*l != "#" || i + 1 != levels.len())) || (l.contains('+') && *l != "+")
+        });
+    if bad {
+        Err(format!("`{f}` is not a topic filter (`+` stands for one whole level, `#` only as the last level)"))
+    } else {
+        Ok(())
+    }
+}
+
+fn bytes(raw: &RawBytes, path: &str, p: &mut Problems) -> Vec<u8> {
+    match raw {
+        RawBytes::List(v) => v.clone(),
+        RawBytes::Hex(s) => {
+            let digits: String = s.split_whitespace().map(|w| w.trim_start_matches("0x")).collect();
+            if digits.len() % 2 == 1 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+                p.add(path, format!("`{s}` is not hex bytes, e.g. \"42 4D\""));
+                return Vec::new();
+            }
+            (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap_or(0)).collect()
+        }
+    }
+}
+
+fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> Option<PortSettings> {
+    let start = p.count();
+    if !topic_name_ok(&raw.name) {
+        p.add(&format!("{path}.name"), "must be non-empty and contain none of `/ + # { }`");
+    }
+    if raw.baud_rate == 0 {
+        p.add(&format!("{path}.baud_rate"), "must be a positive rate such as 9600 or 115200");
+    }
+    if !(5..=8).contains(&raw.data_bits) {
+        p.add(&format!("{path}.data_bits"), format!("{} is not valid: use 5, 6, 7 or 8", raw.data_bits));
+    }
+    if !(1..=2).contains(&raw.stop_bits) {
+        p.add(&format!("{path}.stop_bits"), format!("{} is not valid: use 1 or 2", raw.stop_bits));
+    }
+    if raw.silence_timeout.is_zero() || raw.reopen_backoff_max.is_zero() {
+        p.add(path, "`silence_timeout` and `reopen_backoff_max` must be longer than 0s");
+    }
+    let framing = resolve_framing(&raw.framing, &format!("{path}.framing"), p);
+    let checksum = raw.checksum.as_ref().and_then(|c| resolve_checksum(c, &format!("{path}.checksum"), p));
+    let decoder = resolve_decoder(&raw.decoder, &format!("{path}.decoder"), framing.as_ref(), p);
+    let availability_topic = render_fixed(
+        &raw.availability_topic,
+        &format!("{path}.availability_topic"),
+        &[("gateway", gateway), ("port", &raw.name)],
+        p,
+    );
+    if p.count() != start {
+        return None;
+    }
+    Some(PortSettings {
+        name: Arc::from(raw.name.as_str()),
+        device: raw.device.clone(),
+        baud_rate: raw.baud_rate,
+        data_bits: raw.data_bits,
+        parity: raw.parity,
+        stop_bits: raw.stop_bits,
+        flow_control: raw.flow_control,
+        framing: framing?,
+        checksum,
+        decoder: Arc::new(decoder?),
+        silence_timeout: raw.silence_timeout,
+        availability_topic,
+        skip_first_frames: raw.skip_first_frames,
+        reopen_backoff_max: raw.reopen_backoff_max,
+    })
+}
+
+/// Frames larger than this are refused at load time: a UART frame of 64 KiB is a mistake.
+const MAX_FRAME_LIMIT: usize = 65536;
+
+fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<FramingSpec> {
+    let start = p.count();
+    let max_ok = |max: usize, p: &mut Problems| {
+        if max == 0 || max > MAX_FRAME_LIMIT {
+            p.add(&format!("{path}.max_length"), format!("must be between 1 and {MAX_FRAME_LIMIT}"));
+        }
+    };
+    let spec = match raw {
+        RawFraming::Lines { delimiter, max_length } => {
+            if delimiter.is_empty() {
+                p.add(&format!("{path}.delimiter"), "must not be empty; write \"\\n\" or \"\\r\\n\" in double quotes");
+            }
+            max_ok(*max_length, p);
+            FramingSpec::Lines { delimiter: delimiter.as_bytes().to_vec(), max_length: *max_length }
+        }
+        RawFraming::Fixed { length, header, trailer } => {
+            let header = header.as_ref().map(|h| bytes(h, &format!("{path}.header"), p)).unwrap_or_default();
+            let trailer = trailer.as_ref().map(|t| bytes(t, &format!("{path}.trailer"), p)).unwrap_or_default();
+            if *length == 0 || *length > MAX_FRAME_LIMIT || header.len() + trailer.len() > *length {
+                p.add(&format!("{path}.length"), format!("must be 1..={MAX_FRAME_LIMIT} and fit the header and trailer"));
+            }
+            FramingSpec::Fixed { length: *length, header, trailer }
+        }
+        RawFraming::Markers { start: s, end, escape, max_length } => {
+            let s = bytes(s, &format!("{path}.start"), p);
+            let end = bytes(end, &format!("{path}.end"), p);
+            if s.is_empty() || end.is_empty() {
+                p.add(path, "`start` and `end` markers must not be empty");
+            }
+            max_ok(*max_length, p);
+            FramingSpec::Markers { start: s, end, escape: *escape, max_length: *max_length }
+        }
+        RawFraming::LengthPrefixed {
+            header,
+            length_offset,
+            length_width,
+            length_byte_order,
+            length_counts,
+            length_adjust,
+            max_length,
+        } => {
+            let header = bytes(header, &format!("{path}.header"), p);
+            if header.is_empty() {
+                p.add(&format!("{path}.header"), "must not be empty: the header is how frames are found again after garbage");
+            }
+            if ![1, 2, 4].contains(length_width) {
+                p.add(&format!("{path}.length_width"), format!("{length_width} is not valid: use 1, 2 or 4"));
+            }
+            max_ok(*max_length, p);
+            FramingSpec::LengthPrefixed {
+                header,
+                length_offset: *length_offset,
+                length_width: *length_width as usize,
+                length_byte_order: *length_byte_order,
+                length_counts: *length_counts,
+                length_adjust: *length_adjust,
+                max_length: *max_length,
+            }
+        }
+    };
+    (p.count() == start).then_some(spec)
+}
+
+fn resolve_checksum(raw: &RawChecksum, _path: &str, _p: &mut Problems) -> Option<Checksum> {
+    match raw.kind {
+        ChecksumKind::None => None,
+        ChecksumKind::Nmea => Some(Checksum::Nmea { required: raw.required }),
+        kind => Some(Checksum::Generic {
+            algorithm: Algorithm::from_kind(kind)?,
+            start: raw.start,
+            end: raw.end,
+            at: raw.at,
+            byte_order: raw.byte_order,
+            encoding: raw.encoding,
+        }),
+    }
+}
+
+fn resolve_decoder(raw: &RawDecoder, path: &str, framing: Option<&FramingSpec>, p: &mut Problems) -> Option<FrameDecoder> {
+    let start = p.count();
+    let check_types = |types: &std::collections::BTreeMap<String, FieldKind>, names: &[String], p: &mut Problems| {
+        for t in types.keys() {
+            if !names.contains(t) {
+                let valid: Vec<&str> = names.iter().map(String::as_str).collect();
+                p.add(&format!("{path}.types.{t}"), unknown_key_message(t, &valid).replace("unknown key", "no field named"));
+            }
+        }
+    };
+    let decoder = match raw {
+        RawDecoder::Regex { patterns, types } => {
+            let mut compiled = Vec::new();
+            if patterns.is_empty() {
+                p.add(&format!("{path}.patterns"), "give at least one pattern");
+            }
+            for (i, pat) in patterns.iter().enumerate() {
+                match regex::bytes::Regex::new(pat) {
+                    Ok(re) if re.capture_names().flatten().next().is_none() => p.add(
+                        &format!("{path}.patterns[{i}]"),
+                        "has no named capture such as (?P<temp>[0-9.]+); only named captures become fields",
+                    ),
+                    Ok(re) => compiled.push(re),
+                    Err(e) => p.add(&format!("{path}.patterns[{i}]"), format!("not a valid regex: {e}")),
+                }
+            }
+            let d = FrameDecoder::Regex { patterns: compiled, types: types.clone() };
+            check_types(types, &d.field_names(), p);
+            d
+        }
+        RawDecoder::Csv { separator, columns, types } => {
+            if !separator.is_ascii() {
+                p.add(&format!("{path}.separator"), "must be a single ASCII character such as `,` or `;`");
+            }
+            if columns.iter().flatten().next().is_none() {
+                p.add(&format!("{path}.columns"), "name at least one column (use `null` to skip a column)");
+            }
+            let d = FrameDecoder::Csv {
+                separator: *separator as u8,
+                columns: columns.iter().map(|c| c.as_deref().map(Arc::from)).collect(),
+                types: types.clone(),
+            };
+            check_types(types, &d.field_names(), p);
+            d
+        }
+        RawDecoder::KeyValue { pair_separator, separator, keys, types } => {
+            if keys.is_empty() {
+                p.add(&format!("{path}.keys"), "list the keys the sensor sends, e.g. [temp, hum]");
+            }
+            let d = FrameDecoder::KeyValue {
+                pair_separator: *pair_separator,
+                separator: *separator,
+                keys: keys.iter().map(|k| Arc::from(k.as_str())).collect(),
+                types: types.clone(),
+            };
+            check_types(types, &d.field_names(), p);
+            d
+        }
+        RawDecoder::Json { fields } => {
+            for (name, ptr) in fields {
+                if !ptr.is_empty() && !ptr.starts_with('/') {
+                    p.add(&format!("{path}.fields.{name}"), format!("`{ptr}` is not a JSON pointer; write `/{ptr}`"));
+                }
+            }
+            FrameDecoder::Json { fields: fields.iter().map(|(k, v)| (Arc::from(k.as_str()), v.clone())).collect() }
+        }
+        RawDecoder::Binary { fields } => {
+            let max = framing.map(FramingSpec::max_frame);
+            let mut names = HashSet::new();
+            let mut out = Vec::new();
+            for (i, f) in fields.iter().enumerate() {
+                let end = f.at + binary_width(f.kind);
+                if !names.insert(f.name.as_str()) {
+                    p.add(&format!("{path}.fields[{i}].name"), format!("field `{}` is defined twice", f.name));
+                }
+                if let Some(max) = max.filter(|m| end > *m) {
+                    p.add(&format!("{path}.fields[{i}].at"), format!("bytes {}..{end} lie beyond the {max}-byte frame", f.at));
+                }
+                out.push(BinaryField {
+                    name: Arc::from(f.name.as_str()),
+                    at: f.at,
+                    kind: f.kind,
+                    byte_order: f.byte_order,
+                    word_swap: f.word_swap,
+                    scale: f.scale,
+                    add: f.add,
+                });
+            }
+            FrameDecoder::Binary { fields: out }
+        }
+    };
+    (p.count() == start).then_some(decoder)
+}
+
+fn resolve_map(raw: &RawMap, path: &str, ports: &[PortSettings], all: &[String], p: &mut Problems) -> Option<TopicMap> {
+    let start = p.count();
+    let port = ports.iter().find(|x| *x.name == raw.port);
+    if !all.contains(&raw.port) {
+        let hint = suggest(&raw.port, all.iter().map(String::as_str)).map(|s| format!(" did you mean `{s}`?")).unwrap_or_default();
+        p.add(&format!("{path}.port"), format!("no port is named `{}`;{hint} (ports: {})", raw.port, all.join(", ")));
+    }
+    // Fields this map can see; unknown when the port itself has problems (reported there).
+    let fields: Option<BTreeSet<String>> = port.map(|x| x.decoder.field_names().into_iter().collect());
+    let known = |name: &str, key: &str, p: &mut Problems| {
+        if let Some(f) = &fields {
+            if !f.contains(name) {
+                let hint = suggest(name, f.iter().map(String::as_str)).map(|s| format!(" did you mean `{s}`?")).unwrap_or_default();
+                let list = f.iter().cloned().collect::<Vec<_>>().join(", ");
+                p.add(&format!("{path}.{key}"), format!("the decoder of port `{}` has no field `{name}`;{hint} (fields: {list})", raw.port));
+            }
+        }
+    };
+    let when = raw.when.as_ref().and_then(|w| {
+        known(&w.field, "when.field", p);
+        match (&w.equals, &w.one_of) {
+            (Some(v), None) => Some(When { field: w.field.clone(), values: vec![v.clone()] }),
+            (None, Some(vs)) if !vs.is_empty() => Some(When { field: w.field.clone(), values: vs.clone() }),
+            _ => {
+                p.add(&format!("{path}.when"), "give exactly one of `equals: VALUE` or `in: [VALUES]`");
+                None
+            }
+        }
+    });
+    for (i, f) in raw.fields.iter().flatten().enumerate() {
+        known(f, &format!("fields[{i}]"), p);
+    }
+    let topic = match Template::parse(&raw.topic) {
+        Ok(t) => {
+            for name in t.placeholders() {
+                if name == "field" {
+                    if raw.publish == PublishUnit::PerFrame {
+                        p.add(&format!("{path}.topic"), "`{field}` only exists in `publish: per_field` maps");
+                    }
+                } else if !BUILTIN_PLACEHOLDERS.contains(&name) {
+                    known(name, "topic", p);
+                }
+            }
+            Some(t)
+        }
+        Err(e) => {
+            p.add(&format!("{path}.topic"), e);
+            None
+        }
+    };
+    let payload = raw.payload.unwrap_or(match raw.publish {
+        PublishUnit::PerField => PayloadFormat::Plain,
+        PublishUnit::PerFrame => PayloadFormat::Json,
+    });
+    if raw.publish == PublishUnit::PerFrame && payload == PayloadFormat::Plain {
+        p.add(&format!("{path}.payload"), "a per-frame message carries several values: use `payload: json`");
+    }
+    if raw.qos > 2 {
+        p.add(&format!("{path}.qos"), format!("{} is not an MQTT QoS: use 0, 1 or 2", raw.qos));
+    }
+    if p.count() != start {
+        return None;
+    }
+    Some(TopicMap {
+        port: Arc::from(raw.port.as_str()),
+        when,
+        fields: raw.fields.clone(),
+        topic: topic?,
+        unit: raw.publish,
+        payload,
+        qos: raw.qos,
+        retain: raw.retain,
+    })
+}

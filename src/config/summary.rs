@@ -1,0 +1,57 @@
+//! What `ser2mqtt check` prints for a valid file: each listener, port and map, with an example topic
+//! and payload rendered from the map's own template, so the user sees what subscribers will get.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use crate::decode::{Reading, Value};
+
+use super::Config;
+
+pub fn describe(config: &Config, file: &Path) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}: valid", file.display());
+    let _ = writeln!(s, "gateway `{}`, status on {}", config.gateway.name, config.gateway.status_topic);
+    for l in &config.broker.listeners {
+        let auth = if l.allow_anonymous { "anonymous allowed" } else { "username and password required" };
+        let _ = writeln!(s, "broker listens on {} ({auth})", l.addr);
+    }
+    for p in &config.ports {
+        let _ = writeln!(
+            s,
+            "port `{}`: {} at {} baud, fields: {}; availability on {}",
+            p.name,
+            p.device.display(),
+            p.baud_rate,
+            p.decoder.field_names().join(", "),
+            p.availability_topic
+        );
+    }
+    for (i, m) in config.maps.iter().enumerate() {
+        let Some(port) = config.ports.iter().find(|p| p.name == m.port) else { continue };
+        // An example frame: every field present, its value shown as `<name>`, the `when` value matched.
+        let fields = port
+            .decoder
+            .field_names()
+            .into_iter()
+            .map(|n| {
+                let v = match &m.when {
+                    Some(w) if w.field == n => w.values[0].clone(),
+                    _ => format!("<{n}>"),
+                };
+                (n.as_str().into(), Value::Text(v))
+            })
+            .collect();
+        let reading = Reading { port: port.name.clone(), fields, received: chrono::Utc::now() };
+        let mut out = Vec::new();
+        m.messages(&config.gateway.name, &reading, &mut out);
+        let _ = writeln!(s, "map {i} (port `{}`, qos {}, retain {}):", m.port, m.qos, m.retain);
+        for msg in out.iter().take(3) {
+            let _ = writeln!(s, "  {}  {}", msg.topic, String::from_utf8_lossy(&msg.payload));
+        }
+        if out.len() > 3 {
+            let _ = writeln!(s, "  … and {} more", out.len() - 3);
+        }
+    }
+    s
+}

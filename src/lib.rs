@@ -1,0 +1,20 @@
+//! ser2mqtt: serial/UART sensors → MQTT, with an embedded broker.
+//!
+//! Data flows one way:
+//! serial device → `serial::framing` (bytes → frames, checksums) → `decode` (frames → typed fields)
+//! → `serial::port` (one task per port: readings + availability, bounded channel)
+//! → `topic_map` (readings → topic, payload, QoS, retain) → `local_broker` (rmqtt, in-process).
+//! `config` turns the YAML file into validated settings (every problem at once, with its position);
+//! `gateway` owns the task tree and its orderly shutdown; `demo` and `simulate` provide sensors for
+//! people without hardware; `logging` sets up tracing. `main.rs` only parses the command line.
+
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod gateway;
+pub mod local_broker;
+pub mod logging;
+pub mod serial;
+pub mod simulate;
+pub mod topic_map;

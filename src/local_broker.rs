@@ -1,0 +1,181 @@
+//! The embedded MQTT broker (engine: rmqtt) and publishing into it from inside the process.
+//!
+//! This is the only module that knows the engine. Its interface is narrow on purpose — start with
+//! listeners, publish with QoS and retain, health, stop — so a second engine (rumqttd) can sit behind a
+//! cargo feature later. Engine facts this module designs around:
+//! - retained messages need the `rmqtt-retainer` plugin, with `retained_message_ttl = 0` (never expire;
+//!   otherwise they expire with the message expiry, 5 min by default);
+//! - credentials and topic ACLs come from the `rmqtt-acl` plugin, whose rules we generate;
+//! - in-process publish is `SessionState::forwards` after the `message_publish` hook chain (public but
+//!   undocumented, hence the pinned minor version and the tests that cover it);
+//! - there is no shutdown API: dropping the run future closes the listeners, and sessions are kicked
+//!   with their ids collected first (kicking while iterating the session map deadlocks).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use rmqtt::context::ServerContext;
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+use rmqtt::session::SessionState;
+use rmqtt::types::{ClientId, CodecPublish, From as MsgFrom, Id, Publish, QoS, UserName};
+use rmqtt::utils::timestamp_millis;
+use tokio::task::JoinHandle;
+
+use crate::config::{AclRule, BrokerSettings};
+use crate::topic_map::OutMessage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: anyhow::Error,
+    },
+    #[error("broker plugin {plugin} failed to start")]
+    Plugin {
+        plugin: &'static str,
+        #[source]
+        source: anyhow::Error,
+    },
+    #[error("publish to {topic} failed: {reason}")]
+    Publish { topic: String, reason: String },
+}
+
+/// A running embedded broker.
+pub struct LocalBroker {
+    scx: ServerContext,
+    /// The addresses actually bound (port 0 in the config becomes a real port here).
+    addrs: Vec<SocketAddr>,
+    /// Who in-process messages come from, as subscribers and hooks see it.
+    from: MsgFrom,
+    server: JoinHandle<()>,
+}
+
+impl LocalBroker {
+    /// Binds every listener and starts serving. Fails, naming the address, if one cannot be bound.
+    pub async fn start(settings: &BrokerSettings) -> Result<LocalBroker, BrokerError> {
+        let scx = ServerContext::new()
+            .mqtt_max_sessions(settings.max_sessions.get() as isize)
+            .plugins_config_map_add("rmqtt-acl", acl_rules(settings))
+            // Never expire retained readings, and no count limit: the last value of every topic stays.
+            .plugins_config_map_add("rmqtt-retainer", "storage.type = \"ram\"\nretained_message_ttl = \"0m\"\nmax_retained_messages = 0\n")
+            .build()
+            .await;
+        rmqtt_acl::register(&scx, true, false)
+            .await
+            .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-acl", source: source.into() })?;
+        rmqtt_retainer::register(&scx, true, false)
+            .await
+            .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-retainer", source: source.into() })?;
+
+        let mut server = MqttServer::new(scx.clone());
+        let mut addrs = Vec::new();
+        for l in &settings.listeners {
+            let bind = |addr| -> anyhow::Result<_> {
+                let listener = Builder::new()
+                    .name(format!("tcp/{addr}"))
+                    .laddr(addr)
+                    .allow_anonymous(l.allow_anonymous)
+                    .reuseaddr(Some(true))
+                    .max_mqueue_len(settings.max_queue_len.get())
+                    .bind()?
+                    .tcp()?;
+                let local = listener.local_addr()?;
+                Ok((listener, local))
+            };
+            let (listener, local) = bind(l.addr).map_err(|source| BrokerError::Bind { addr: l.addr, source })?;
+            server = server.listener(listener);
+            addrs.push(local);
+        }
+        let server = server.build();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        });
+        let from = MsgFrom::from_system(Id::new(
+            scx.node.id(),
+            0,
+            None,
+            None,
+            ClientId::from("ser2mqtt-gateway"),
+            Some(UserName::from("ser2mqtt")),
+        ));
+        Ok(LocalBroker { scx, addrs, from, server: task })
+    }
+
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Publishes into the broker as if a client had: subscribers get it with `qos` and, when `retain`
+    /// is set, late subscribers get it from the retained store.
+    pub async fn publish(&self, msg: &OutMessage) -> Result<(), BrokerError> {
+        let qos = match msg.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        };
+        self.publish_raw(&msg.topic, msg.payload.clone(), qos, msg.retain).await
+    }
+
+    async fn publish_raw(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) -> Result<(), BrokerError> {
+        let p = CodecPublish { dup: false, retain, qos, topic: topic.into(), packet_id: None, payload, properties: None };
+        let p = <CodecPublish as Into<Publish>>::into(p).create_time(timestamp_millis());
+        // The hook chain is where the retainer stores retained messages.
+        let p = self.scx.extends.hook_mgr().message_publish(None, self.from.clone(), &p).await.unwrap_or(p);
+        SessionState::forwards(&self.scx, self.from.clone(), p, false, None)
+            .await
+            .map_err(|e| BrokerError::Publish { topic: topic.to_string(), reason: e.to_string() })
+    }
+
+    /// False once the broker's server task has ended.
+    pub fn is_running(&self) -> bool {
+        !self.server.is_finished()
+    }
+
+    /// Closes the listeners and disconnects every client.
+    pub async fn stop(self) {
+        self.server.abort();
+        let _ = self.server.await;
+        // Collect first: kicking while iterating the session map deadlocks.
+        let ids: Vec<Id> = self.scx.extends.shared().await.iter().map(|e| e.id()).collect();
+        for id in ids {
+            let entry = self.scx.extends.shared().await.entry(id);
+            if let Ok(mut e) = entry.try_lock().await {
+                let _ = e.kick(true, true, true).await;
+            }
+        }
+    }
+}
+
+/// The rmqtt-acl rule list (TOML) for the configured users and ACL. Rules are first-hit; a connect
+/// that hits none is refused (anonymous clients on listeners that allow them never reach the rules).
+fn acl_rules(settings: &BrokerSettings) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string(); // JSON string escapes are valid TOML
+    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
+    let mut rules = Vec::new();
+    for (user, password) in &settings.users {
+        rules.push(format!("[\"allow\", {{ user = {}, password = {} }}, \"connect\"]", q(user), q(password)));
+    }
+    let who = |r: &AclRule| match &r.user {
+        Some(u) => format!("{{ user = {} }}", q(u)),
+        None => "\"all\"".to_string(),
+    };
+    for r in &settings.acl {
+        if !r.subscribe.is_empty() {
+            rules.push(format!("[\"allow\", {}, \"subscribe\", {}]", who(r), list(&r.subscribe)));
+        }
+        if !r.publish.is_empty() {
+            rules.push(format!("[\"allow\", {}, \"publish\", {}]", who(r), list(&r.publish)));
+        }
+    }
+    if settings.acl.is_empty() {
+        // No ACL configured: connected clients may publish and subscribe anywhere.
+        rules.push("[\"allow\", \"all\", \"pubsub\"]".into());
+    }
+    // A rejected publish is dropped silently (MQTT 3.1.1 has no way to say no) and the client stays.
+    format!("disconnect_if_pub_rejected = false\nrules = [\n  {}\n]\n", rules.join(",\n  "))
+}

@@ -1,0 +1,93 @@
+//! Entry point: parse the command line, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use ser2mqtt::cli::{Cli, Command};
+use ser2mqtt::config::{self, LoadError};
+use tokio_util::sync::CancellationToken;
+
+/// sysexits EX_USAGE: the configuration (what the user typed) is wrong.
+const EXIT_BAD_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ser2mqtt: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Check { config } => Ok(match config::load(&config) {
+            Ok(c) => {
+                print!("{}", ser2mqtt::config::summary::describe(&c, &config));
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(e),
+        }),
+        Command::Run { config } => {
+            let c = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(report(e)),
+            };
+            ser2mqtt::logging::init(c.log_level.as_deref());
+            tracing::info!(config = %config.display(), ports = c.ports.len(), maps = c.maps.len(), "starting");
+            ser2mqtt::gateway::run(c, shutdown_signal()).await.context("gateway failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { listen } => {
+            ser2mqtt::logging::init(None);
+            ser2mqtt::demo::run(listen, shutdown_signal()).await.context("demo failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Simulate { sensor, device, rate, count, baud } => {
+            ser2mqtt::logging::init(None);
+            use tokio_serial::SerialPortBuilderExt;
+            let port = tokio_serial::new(device.to_string_lossy(), baud)
+                .open_native_async()
+                .with_context(|| format!("cannot open {}", device.display()))?;
+            let stop = CancellationToken::new();
+            let s = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                s.cancel();
+            });
+            let rate = rate.unwrap_or(sensor.natural_rate());
+            let n = ser2mqtt::simulate::run(sensor, port, rate, count, stop)
+                .await
+                .with_context(|| format!("writing to {}", device.display()))?;
+            eprintln!("ser2mqtt simulate: wrote {n} frames");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report(e: LoadError) -> ExitCode {
+    match e {
+        LoadError::Invalid(errors) => {
+            eprint!("{errors}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+        LoadError::Read { path, source } => {
+            eprintln!("ser2mqtt: cannot read config file {}: {source}", path.display());
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+/// Completes on SIGTERM (systemd stop) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("cannot install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,309 @@
+//! Cutting a serial byte stream into frames: one `tokio_util::codec::Decoder` for every framing kind.
+//!
+//! The codec never fails the stream. Bytes that cannot be framed, over-long frames and frames that
+//! fail their checksum come out as `FrameEvent::Garbled` so the reader can count them and carry on; the
+//! codec then resynchronises on the next header, marker or delimiter. The buffer never holds more than
+//! the largest frame the configuration allows (plus one read), so garbage cannot grow memory.
+
+use bytes::{Buf, Bytes, BytesMut};
+use memchr::memmem;
+use tokio_util::codec::Decoder;
+
+use super::checksum::{read_uint, Checksum, ChecksumError};
+use crate::config::raw::{ByteOrder, LengthCounts};
+
+/// How frames are delimited, resolved from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FramingSpec {
+    Lines { delimiter: Vec<u8>, max_length: usize },
+    Fixed { length: usize, header: Vec<u8>, trailer: Vec<u8> },
+    Markers { start: Vec<u8>, end: Vec<u8>, escape: Option<u8>, max_length: usize },
+    LengthPrefixed {
+        header: Vec<u8>,
+        length_offset: usize,
+        length_width: usize,
+        length_byte_order: ByteOrder,
+        length_counts: LengthCounts,
+        length_adjust: i64,
+        max_length: usize,
+    },
+}
+
+impl FramingSpec {
+    /// The largest frame this framing can produce.
+    pub fn max_frame(&self) -> usize {
+        match self {
+            FramingSpec::Lines { max_length, .. }
+            | FramingSpec::Markers { max_length, .. }
+            | FramingSpec::LengthPrefixed { max_length, .. } => *max_length,
+            FramingSpec::Fixed { length, .. } => *length,
+        }
+    }
+}
+
+/// Why bytes were thrown away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Garble {
+    /// Bytes before a header or start marker that belong to no frame.
+    Unframed,
+    /// A frame longer than the configured maximum (or a length field that says so).
+    TooLong,
+    /// A frame whose trailer or end marker is not where it must be.
+    BadTrailer,
+    BadChecksum(ChecksumError),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameEvent {
+    Frame(Bytes),
+    Garbled { reason: Garble, bytes: usize },
+}
+
+/// A framing codec with an optional checksum check.
+#[derive(Debug)]
+pub struct FrameCodec {
+    spec: FramingSpec,
+    cutter: Cutter,
+}
+
+/// The codec's mutable state, apart from its (read-only) spec so both can be borrowed at once.
+#[derive(Debug)]
+struct Cutter {
+    checksum: Option<Checksum>,
+    /// Lines: an over-long line is being skipped until its delimiter.
+    discarding: bool,
+    /// After a rejected candidate frame, skipped bytes are part of that rejection, not new garbage.
+    resyncing: bool,
+}
+
+impl FrameCodec {
+    pub fn new(spec: FramingSpec, checksum: Option<Checksum>) -> FrameCodec {
+        FrameCodec { spec, cutter: Cutter { checksum, discarding: false, resyncing: false } }
+    }
+}
+
+impl Cutter {
+    fn check(&mut self, frame: Bytes) -> FrameEvent {
+        match self.checksum.as_ref().map(|c| c.verify(&frame)) {
+            Some(Err(e)) => FrameEvent::Garbled { reason: Garble::BadChecksum(e), bytes: frame.len() },
+            _ => FrameEvent::Frame(frame),
+        }
+    }
+
+    /// Drops bytes before `header`. Returns the event for dropped bytes, if any; afterwards either the
+    /// buffer starts with the header or holds fewer bytes than it.
+    fn sync(&mut self, buf: &mut BytesMut, header_len: usize, found: Option<usize>) -> Option<FrameEvent> {
+        let skip = match found {
+            Some(i) => i,
+            None => buf.len().saturating_sub(header_len.saturating_sub(1)),
+        };
+        if skip == 0 {
+            return None;
+        }
+        buf.advance(skip);
+        if std::mem::take(&mut self.resyncing) && found.is_some() {
+            return None;
+        }
+        if found.is_none() {
+            // Still looking: stay in the same garbage run so it is counted once.
+            let was = self.resyncing;
+            self.resyncing = true;
+            if was {
+                return None;
+            }
+        }
+        Some(FrameEvent::Garbled { reason: Garble::Unframed, bytes: skip })
+    }
+
+    /// Rejects the candidate at the start of `buf`: skip one byte and look for the next header.
+    fn reject(&mut self, buf: &mut BytesMut, reason: Garble, bytes: usize) -> FrameEvent {
+        buf.advance(1);
+        self.resyncing = true;
+        FrameEvent::Garbled { reason, bytes }
+    }
+
+    fn decode_lines(&mut self, buf: &mut BytesMut, delim: &[u8], max: usize) -> Option<FrameEvent> {
+        loop {
+            match memmem::find(buf, delim) {
+                Some(i) => {
+                    let line = buf.split_to(i).freeze();
+                    buf.advance(delim.len());
+                    if std::mem::take(&mut self.discarding) {
+                        return Some(FrameEvent::Garbled { reason: Garble::TooLong, bytes: line.len() });
+                    }
+                    if line.len() > max {
+                        return Some(FrameEvent::Garbled { reason: Garble::TooLong, bytes: line.len() });
+                    }
+                    if line.is_empty() {
+                        continue; // blank lines (e.g. CR LF read as two delimiters) carry nothing
+                    }
+                    return Some(self.check(line));
+                }
+                None => {
+                    if buf.len() > max + delim.len() {
+                        // Keep a possible partial delimiter; drop the rest of the over-long line.
+                        let keep = delim.len() - 1;
+                        buf.advance(buf.len() - keep);
+                        self.discarding = true;
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn decode_fixed(&mut self, buf: &mut BytesMut, len: usize, header: &[u8], trailer: &[u8]) -> Option<FrameEvent> {
+        if !header.is_empty() {
+            if let Some(ev) = self.sync(buf, header.len(), memmem::find(buf, header)) {
+                return Some(ev);
+            }
+        }
+        if buf.len() < len {
+            return None;
+        }
+        if !buf[..len].ends_with(trailer) {
+            return Some(self.reject(buf, Garble::BadTrailer, len));
+        }
+        let candidate = Bytes::copy_from_slice(&buf[..len]);
+        match self.check(candidate) {
+            FrameEvent::Frame(f) => {
+                buf.advance(len);
+                self.resyncing = false;
+                Some(FrameEvent::Frame(f))
+            }
+            FrameEvent::Garbled { reason, bytes } => Some(self.reject(buf, reason, bytes)),
+        }
+    }
+
+    fn decode_markers(
+        &mut self,
+        buf: &mut BytesMut,
+        start: &[u8],
+        end: &[u8],
+        escape: Option<u8>,
+        max: usize,
+    ) -> Option<FrameEvent> {
+        if let Some(ev) = self.sync(buf, start.len(), memmem::find(buf, start)) {
+            return Some(ev);
+        }
+        if buf.len() < start.len() {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        let mut i = start.len();
+        while i < buf.len() {
+            let b = buf[i];
+            if Some(b) == escape {
+                if i + 1 >= buf.len() {
+                    return None; // wait for the escaped byte
+                }
+                out.extend_from_slice(&[buf[i + 1]]);
+                i += 2;
+            } else if buf[i..].starts_with(end) {
+                buf.advance(i + end.len());
+                self.resyncing = false;
+                return Some(self.check(out.freeze()));
+            } else if start != end && buf[i..].starts_with(start) {
+                // A new frame began before this one ended: this one was cut short.
+                buf.advance(i);
+                return Some(FrameEvent::Garbled { reason: Garble::BadTrailer, bytes: i });
+            } else if end.len() > 1 && buf.len() - i < end.len() && end.starts_with(&buf[i..]) {
+                return None; // a partial end marker: wait for the rest
+            } else {
+                out.extend_from_slice(&[b]);
+                i += 1;
+            }
+            if out.len() > max {
+                return Some(self.reject(buf, Garble::TooLong, out.len()));
+            }
+        }
+        None
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_length_prefixed(
+        &mut self,
+        buf: &mut BytesMut,
+        header: &[u8],
+        offset: usize,
+        width: usize,
+        order: ByteOrder,
+        counts: LengthCounts,
+        adjust: i64,
+        max: usize,
+    ) -> Option<FrameEvent> {
+        if let Some(ev) = self.sync(buf, header.len(), memmem::find(buf, header)) {
+            return Some(ev);
+        }
+        if buf.len() < offset + width {
+            return None;
+        }
+        let field = read_uint(&buf[offset..offset + width], order) as i64;
+        let total = match counts {
+            LengthCounts::Rest => (offset + width) as i64 + field + adjust,
+            LengthCounts::Frame => field + adjust,
+        };
+        if total < (offset + width) as i64 || total > max as i64 {
+            return Some(self.reject(buf, Garble::TooLong, offset + width));
+        }
+        let total = total as usize;
+        if buf.len() < total {
+            return None;
+        }
+        let candidate = Bytes::copy_from_slice(&buf[..total]);
+        match self.check(candidate) {
+            FrameEvent::Frame(f) => {
+                buf.advance(total);
+                self.resyncing = false;
+                Some(FrameEvent::Frame(f))
+            }
+            FrameEvent::Garbled { reason, bytes } => Some(self.reject(buf, reason, bytes)),
+        }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = FrameEvent;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<FrameEvent>, std::io::Error> {
+        let FrameCodec { spec, cutter } = self;
+        Ok(match spec {
+            FramingSpec::Lines { delimiter, max_length } => cutter.decode_lines(buf, delimiter, *max_length),
+            FramingSpec::Fixed { length, header, trailer } => cutter.decode_fixed(buf, *length, header, trailer),
+            FramingSpec::Markers { start, end, escape, max_length } => {
+                cutter.decode_markers(buf, start, end, *escape, *max_length)
+            }
+            FramingSpec::LengthPrefixed {
+                header,
+                length_offset,
+                length_width,
+                length_byte_order,
+                length_counts,
+                length_adjust,
+                max_length,
+            } => cutter.decode_length_prefixed(
+                buf,
+                header,
+                *length_offset,
+                *length_width,
+                *length_byte_order,
+                *length_counts,
+                *length_adjust,
+                *max_length,
+            ),
+        })
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<FrameEvent>, std::io::Error> {
+        match self.decode(buf)? {
+            Some(ev) => Ok(Some(ev)),
+            None if buf.is_empty() => Ok(None),
+            None => {
+                let n = buf.len();
+                buf.clear();
+                Ok(Some(FrameEvent::Garbled { reason: Garble::Unframed, bytes: n }))
+            }
+        }
+    }
+}

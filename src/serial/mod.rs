@@ -1,0 +1,8 @@
+//! Serial ports: opening and reopening devices, cutting their bytes into frames, checking checksums,
+//! and turning frames into readings for the publisher.
+
+pub mod checksum;
+pub mod framing;
+pub mod port;
+
+pub use port::{run_port, PortStats};

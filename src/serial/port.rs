@@ -1,0 +1,218 @@
+//! One serial port's task: open the device, read frames, decode them into readings, report
+//! availability, and reopen with capped exponential backoff when the device is missing or fails.
+//!
+//! The reader never waits on the publisher for readings: a UART cannot be paused, so when the channel is
+//! full the newest reading is dropped and counted. Availability changes are never dropped (they wait).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::io::AsyncRead;
+use tokio::sync::mpsc;
+use tokio_serial::SerialPortBuilderExt;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::framing::{FrameCodec, FrameEvent};
+use crate::config::raw::{FlowControl, Parity};
+use crate::config::PortSettings;
+use crate::decode::Reading;
+
+/// What a port task sends to the publisher.
+#[derive(Debug)]
+pub enum PortEvent {
+    Reading(Reading),
+    /// The port's availability topic should now say `online` (true) or `offline`.
+    Availability { port: Arc<str>, topic: String, online: bool },
+}
+
+/// Counters for one port, shared with the stats publisher.
+#[derive(Debug, Default, Serialize)]
+pub struct PortStats {
+    pub frames: AtomicU64,
+    /// Frames or byte runs dropped by framing: unframed bytes, over-long frames, bad checksums.
+    pub garbled: AtomicU64,
+    pub bytes_dropped: AtomicU64,
+    pub decode_errors: AtomicU64,
+    /// Readings dropped because the publisher was behind.
+    pub dropped_full: AtomicU64,
+    pub opens: AtomicU64,
+    pub open_failures: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// First backoff after a failed open; doubles up to the port's `reopen_backoff_max`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// At most one warning about garbled input per port in this period (the counters keep the totals).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Read buffer: a few frames of the largest size, so one read syscall carries several frames.
+const READ_CAPACITY: usize = 4096;
+
+/// Runs the port until `shutdown`; returns only then (or when the publisher is gone).
+pub async fn run_port(port: PortSettings, tx: mpsc::Sender<PortEvent>, stats: Arc<PortStats>, shutdown: CancellationToken) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut last_error: Option<String> = None;
+    loop {
+        match open(&port) {
+            Ok(stream) => {
+                bump(&stats.opens, 1);
+                let resolved = std::fs::canonicalize(&port.device).unwrap_or_else(|_| port.device.clone());
+                tracing::info!(port = %port.name, device = %port.device.display(), resolved = %resolved.display(), "serial port opened");
+                last_error = None;
+                backoff = FIRST_BACKOFF;
+                let result = read_frames(stream, &port, &tx, &stats, &shutdown).await;
+                // The stream (and its file descriptor) is dropped here, before any retry.
+                match result {
+                    Ok(()) => return,
+                    Err(e) => tracing::warn!(port = %port.name, device = %port.device.display(), error = %e, "serial port lost; reopening"),
+                }
+            }
+            Err(e) => {
+                bump(&stats.open_failures, 1);
+                let msg = e.to_string();
+                // Say it once per kind of failure, not every retry.
+                if last_error.as_deref() != Some(&msg) {
+                    tracing::warn!(port = %port.name, device = %port.device.display(), error = %msg, "cannot open serial port; retrying with backoff");
+                    last_error = Some(msg);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(port.reopen_backoff_max);
+    }
+}
+
+fn open(port: &PortSettings) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
+    let path = port.device.to_string_lossy();
+    tokio_serial::new(path, port.baud_rate)
+        .data_bits(match port.data_bits {
+            5 => tokio_serial::DataBits::Five,
+            6 => tokio_serial::DataBits::Six,
+            7 => tokio_serial::DataBits::Seven,
+            _ => tokio_serial::DataBits::Eight,
+        })
+        .parity(match port.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Odd => tokio_serial::Parity::Odd,
+            Parity::Even => tokio_serial::Parity::Even,
+        })
+        .stop_bits(if port.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One })
+        .flow_control(match port.flow_control {
+            FlowControl::None => tokio_serial::FlowControl::None,
+            FlowControl::Software => tokio_serial::FlowControl::Software,
+            FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
+        })
+        // Exclusive (TIOCEXCL + flock): a second reader would steal bytes and garble both.
+        .exclusive(true)
+        .open_native_async()
+}
+
+/// Reads frames from `reader` until shutdown (`Ok`) or a read error / end of stream (`Err`).
+/// Availability goes `online` at the first good frame and `offline` on silence or when this returns.
+pub async fn read_frames<R: AsyncRead + Unpin>(
+    reader: R,
+    port: &PortSettings,
+    tx: &mpsc::Sender<PortEvent>,
+    stats: &PortStats,
+    shutdown: &CancellationToken,
+) -> Result<(), std::io::Error> {
+    let codec = FrameCodec::new(port.framing.clone(), port.checksum.clone());
+    let mut frames = FramedRead::with_capacity(reader, codec, READ_CAPACITY.max(port.framing.max_frame() * 2));
+    let mut online = false;
+    let mut skip = port.skip_first_frames;
+    let mut warn = WarnLimiter::default();
+    let silence = tokio::time::sleep(port.silence_timeout);
+    tokio::pin!(silence);
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = &mut silence, if online => {
+                online = false;
+                tracing::warn!(port = %port.name, timeout = ?port.silence_timeout, "no valid frame within the silence timeout");
+                if !availability(tx, port, false).await { break Ok(()) }
+            }
+            next = frames.next() => {
+                let event = match next {
+                    None => break Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "device closed")),
+                    Some(Err(e)) => break Err(e),
+                    Some(Ok(ev)) => ev,
+                };
+                let received = chrono::Utc::now();
+                if skip > 0 {
+                    skip -= 1;
+                    continue;
+                }
+                let frame = match event {
+                    FrameEvent::Frame(f) => f,
+                    FrameEvent::Garbled { reason, bytes } => {
+                        bump(&stats.garbled, 1);
+                        bump(&stats.bytes_dropped, bytes as u64);
+                        warn.warn(|n| tracing::warn!(port = %port.name, ?reason, bytes, dropped_since_last = n, "garbled input dropped"));
+                        continue;
+                    }
+                };
+                let fields = match port.decoder.decode(&frame) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        bump(&stats.decode_errors, 1);
+                        warn.warn(|n| tracing::warn!(port = %port.name, error = %e, dropped_since_last = n, "frame could not be decoded; dropped"));
+                        continue;
+                    }
+                };
+                bump(&stats.frames, 1);
+                silence.as_mut().reset(tokio::time::Instant::now() + port.silence_timeout);
+                if !online {
+                    online = true;
+                    if !availability(tx, port, true).await { break Ok(()) }
+                }
+                let reading = Reading { port: port.name.clone(), fields, received };
+                match tx.try_send(PortEvent::Reading(reading)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        bump(&stats.dropped_full, 1);
+                        warn.warn(|n| tracing::error!(port = %port.name, dropped_since_last = n, "publisher is behind: reading dropped"));
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => break Ok(()),
+                }
+            }
+        }
+    };
+    if online {
+        availability(tx, port, false).await;
+    }
+    result
+}
+
+async fn availability(tx: &mpsc::Sender<PortEvent>, port: &PortSettings, online: bool) -> bool {
+    let ev = PortEvent::Availability { port: port.name.clone(), topic: port.availability_topic.clone(), online };
+    tx.send(ev).await.is_ok()
+}
+
+/// Lets one warning through per `WARN_EVERY`, telling how many were held back.
+#[derive(Default)]
+struct WarnLimiter {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl WarnLimiter {
+    fn warn(&mut self, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        if self.last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
+            emit(self.held + 1);
+            self.last = Some(now);
+            self.held = 0;
+        } else {
+            self.held += 1;
+        }
+    }
+}
