@@ -1,6 +1,8 @@
 //! Log output: readable lines on stderr, level from the config unless `RUST_LOG` says otherwise.
 //! The broker engine logs through the `log` crate; those records are bridged into tracing too.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Engine chatter (one line per client connect) is kept at warn unless asked for explicitly.
@@ -12,5 +14,7 @@ pub fn init(level: Option<&str>) {
         Ok(env) if !env.is_empty() => EnvFilter::new(env),
         _ => EnvFilter::new(format!("{},{QUIET_ENGINE}", level.unwrap_or("info"))),
     };
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }

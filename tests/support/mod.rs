@@ -1,0 +1,203 @@
+//! Shared test parts, all real: pseudo-terminal pairs, the gateway started in-process on a free
+//! loopback port, and MQTT subscribers that are real rumqttc clients over TCP.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, ConnectReturnCode, ConnectionError, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use ser2mqtt::config::{self, BrokerSettings, Config};
+use ser2mqtt::gateway::Gateway;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_serial::{SerialPort, SerialStream};
+
+/// How long a test waits for something that should happen within milliseconds; generous because CI
+/// machines are slow and a timeout here only decides how long a failing test takes to fail.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A pty pair: the test writes sensor bytes into `master`; the gateway opens `path` (the slave).
+pub struct Pty {
+    pub master: SerialStream,
+    /// Held open so the pty lives even while the gateway has it closed.
+    pub slave: SerialStream,
+    pub path: PathBuf,
+}
+
+pub fn pty() -> Pty {
+    let (master, slave) = SerialStream::pair().expect("pty pair");
+    let path = PathBuf::from(slave.name().expect("pty slave name"));
+    Pty { master, slave, path }
+}
+
+impl Pty {
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.master.write_all(bytes).await.expect("write to pty");
+        self.master.flush().await.expect("flush pty");
+    }
+}
+
+/// A shipped config file, its ports on the given devices and its broker on a free loopback port.
+pub fn shipped_config(name: &str, devices: &[&Path]) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
+    let mut c = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    for (port, dev) in c.ports.iter_mut().zip(devices) {
+        port.device = dev.to_path_buf();
+    }
+    c.broker = BrokerSettings::local_only(loopback0());
+    c
+}
+
+/// A config from YAML text, broker on a free loopback port unless the text names listeners.
+pub fn config_from(yaml: &str) -> Config {
+    let mut c = config::parse(yaml, Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    if !yaml.contains("listeners") {
+        c.broker = BrokerSettings::local_only(loopback0());
+    }
+    c
+}
+
+pub fn loopback0() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// Starts the gateway and waits until every port has been opened once.
+pub async fn start(config: Config) -> Gateway {
+    let gw = Gateway::start(config).await.expect("gateway starts");
+    wait_for("every port opened", || gw.stats().iter().all(|(_, s)| s.opens.load(Ordering::Relaxed) > 0)).await;
+    gw
+}
+
+pub fn addr(gw: &Gateway) -> SocketAddr {
+    gw.broker_addrs()[0]
+}
+
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A message as a subscriber saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Got {
+    pub topic: String,
+    pub payload: String,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// A real MQTT client subscribed to some filters; received messages queue up for the test.
+pub struct Subscriber {
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Got>,
+    pub suback: Vec<SubscribeReasonCode>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn options(addr: SocketAddr, id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+/// Connects and subscribes; returns once the SUBACK arrived. Panics if the connection is refused.
+pub async fn subscribe(addr: SocketAddr, filters: &[(&str, QoS)]) -> Subscriber {
+    subscribe_with(options(addr, &format!("sub-{}", fastrand::u32(..))), filters).await.expect("connect")
+}
+
+/// As `subscribe`, with given options; `Err` carries the CONNACK code of a refused connection.
+pub async fn subscribe_with(opts: MqttOptions, filters: &[(&str, QoS)]) -> Result<Subscriber, ConnectReturnCode> {
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+    // Wait for the CONNACK first.
+    loop {
+        match tokio::time::timeout(WAIT, eventloop.poll()).await.expect("CONNACK in time") {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+            Ok(_) => {}
+            Err(ConnectionError::ConnectionRefused(code)) => return Err(code),
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+    for (f, q) in filters {
+        client.subscribe(*f, *q).await.expect("subscribe");
+    }
+    let task = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let got = Got {
+                        topic: p.topic.clone(),
+                        payload: String::from_utf8_lossy(&p.payload).into_owned(),
+                        qos: p.qos,
+                        retain: p.retain,
+                    };
+                    let _ = tx.send(got);
+                }
+                Ok(Event::Incoming(Packet::SubAck(s))) => {
+                    let _ = ack_tx.send(s.return_codes);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let mut suback = Vec::new();
+    for _ in filters {
+        suback.extend(tokio::time::timeout(WAIT, ack_rx.recv()).await.expect("SUBACK in time").expect("SUBACK"));
+    }
+    Ok(Subscriber { client, rx, suback, task })
+}
+
+impl Subscriber {
+    /// The next message, or None if nothing arrives within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Got> {
+        tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
+    }
+
+    /// The next message whose topic starts with `prefix` (others are skipped).
+    pub async fn next_on(&mut self, prefix: &str) -> Got {
+        loop {
+            let got = self.next_within(WAIT).await.unwrap_or_else(|| panic!("no message on {prefix}* in time"));
+            if got.topic.starts_with(prefix) {
+                return got;
+            }
+        }
+    }
+
+    /// Exactly `n` messages on topics starting with `prefix`, in arrival order.
+    pub async fn take_on(&mut self, prefix: &str, n: usize) -> Vec<Got> {
+        let mut v = Vec::new();
+        while v.len() < n {
+            v.push(self.next_on(prefix).await);
+        }
+        v
+    }
+
+    /// Messages on `prefix` that arrive within `quiet` of each other, until silence.
+    pub async fn drain_on(&mut self, prefix: &str, quiet: Duration) -> Vec<Got> {
+        let mut v = Vec::new();
+        while let Some(g) = self.next_within(quiet).await {
+            if g.topic.starts_with(prefix) {
+                v.push(g);
+            }
+        }
+        v
+    }
+}
+
+pub fn payloads(v: &[Got]) -> Vec<(&str, &str)> {
+    v.iter().map(|g| (g.topic.as_str(), g.payload.as_str())).collect()
+}

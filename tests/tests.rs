@@ -1,0 +1,11 @@
+//! Integration tests, built as one binary (as ripgrep does). Every test uses its own ptys, its own
+//! broker on a free loopback port and its own temp dir.
+
+mod support;
+
+mod availability;
+mod broker_auth;
+mod cli;
+mod config_errors;
+mod garbage;
+mod sensors;
