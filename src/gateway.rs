@@ -24,6 +24,10 @@ use crate::topic_map::{OutMessage, TopicMap};
 /// a gateway that needs more than a few seconds to flush is stuck, not busy).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Time for sessions to send out `offline` before the broker stops; loopback and LAN clients need
+/// milliseconds, and this sits inside `SHUTDOWN_GRACE`.
+const FINAL_FLUSH: Duration = Duration::from_millis(300);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("embedded broker failed")]
@@ -97,6 +101,9 @@ impl Gateway {
             if let Err(e) = broker.publish(&offline).await {
                 tracing::warn!(error = %e, "could not publish offline status");
             }
+            // Publishing only queues the message for each session; give connected subscribers a
+            // moment to receive the last words before the broker disconnects them.
+            tokio::time::sleep(FINAL_FLUSH).await;
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown grace period over; stopping anyway");

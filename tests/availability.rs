@@ -1,1 +1,125 @@
-//! placeholder
+//! Port availability as a subscriber sees it (retained `online`/`offline`), reopening after the device
+//! goes away, and a device that is missing when the gateway starts.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rumqttc::QoS;
+use ser2mqtt::gateway::Gateway;
+
+use crate::support::*;
+
+fn yaml(device: &Path) -> String {
+    format!(
+        r#"
+gateway: {{ name: gw }}
+ports:
+  - name: t
+    device: {}
+    framing: {{ type: lines }}
+    decoder: {{ type: csv, columns: [v] }}
+    silence_timeout: 1s
+    reopen_backoff_max: 500ms
+maps:
+  - {{ port: t, topic: "x/{{field}}", qos: 1 }}
+"#,
+        device.display()
+    )
+}
+
+/// Open file descriptors of this process that point at `path`.
+fn fds_on(path: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+#[tokio::test]
+async fn offline_when_the_pty_closes_and_online_again_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("by-id-sensor");
+    let first = pty();
+    std::os::unix::fs::symlink(&first.path, &link).unwrap();
+    let gw = start(config_from(&yaml(&link))).await;
+    let mut sub = subscribe(addr(&gw), &[("gw/t/availability", QoS::AtLeastOnce), ("x/#", QoS::AtLeastOnce)]).await;
+    let mut first = first;
+    first.write(b"1\n").await;
+    let a = sub.next_on("gw/t/availability").await;
+    assert_eq!(a.payload, "online");
+    assert_eq!(sub.next_on("x/").await.payload, "1");
+
+    // Unplug: both ends of the pty go away.
+    let first_path = first.path.clone();
+    drop(first);
+    assert_eq!(sub.next_on("gw/t/availability").await.payload, "offline");
+    wait_for("the gateway closed its fd on the lost device", || fds_on(&first_path) == 0).await;
+
+    // Plug back in: the stable link now points at a new pty, as udev would re-point /dev/serial/by-id.
+    let mut second = pty();
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&second.path, &link).unwrap();
+    wait_for("reopened", || gw.stats()[0].1.opens.load(Ordering::Relaxed) >= 2).await;
+    second.write(b"2\n").await;
+    assert_eq!(sub.next_on("gw/t/availability").await.payload, "online");
+    assert_eq!(sub.next_on("x/").await.payload, "2");
+
+    // A late subscriber sees the current state, retained.
+    let mut late = subscribe(addr(&gw), &[("gw/t/availability", QoS::AtLeastOnce)]).await;
+    let now = late.next_on("gw/t/availability").await;
+    assert_eq!((now.payload.as_str(), now.retain), ("online", true));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn offline_when_the_sensor_falls_silent() {
+    let mut p = pty();
+    let gw = start(config_from(&yaml(&p.path))).await;
+    let mut sub = subscribe(addr(&gw), &[("gw/t/availability", QoS::AtLeastOnce)]).await;
+    p.write(b"1\n").await;
+    assert_eq!(sub.next_on("gw/t/availability").await.payload, "online");
+    // silence_timeout is 1 s: no frames, so offline follows without the device closing.
+    let off = sub.next_within(Duration::from_secs(5)).await.expect("offline after silence");
+    assert_eq!(off.payload, "offline");
+    p.write(b"2\n").await;
+    assert_eq!(sub.next_on("gw/t/availability").await.payload, "online");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_device_at_start_is_retried_while_the_gateway_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("not-plugged-in-yet");
+    let gw = Gateway::start(config_from(&yaml(&link))).await.expect("starts without the device");
+    let mut sub = subscribe(addr(&gw), &[("x/#", QoS::AtLeastOnce), ("gw/status", QoS::AtLeastOnce)]).await;
+    assert_eq!(sub.next_on("gw/status").await.payload, "online", "the gateway is up although the port is not");
+    wait_for("a few failed opens", || gw.stats()[0].1.open_failures.load(Ordering::Relaxed) >= 2).await;
+
+    let mut p = pty();
+    std::os::unix::fs::symlink(&p.path, &link).unwrap();
+    wait_for("opened once it exists", || gw.stats()[0].1.opens.load(Ordering::Relaxed) >= 1).await;
+    p.write(b"42\n").await;
+    assert_eq!(sub.next_on("x/").await.payload, "42");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn clean_shutdown_leaves_port_and_gateway_offline_retained() {
+    let mut p = pty();
+    let gw = start(config_from(&yaml(&p.path))).await;
+    let a = addr(&gw);
+    let mut sub = subscribe(a, &[("gw/#", QoS::AtLeastOnce)]).await;
+    p.write(b"1\n").await;
+    assert_eq!(sub.next_on("gw/t/availability").await.payload, "online");
+    gw.shutdown().await;
+    let mut seen = Vec::new();
+    while let Some(g) = sub.next_within(Duration::from_secs(2)).await {
+        if !g.topic.contains("/stats/") {
+            seen.push((g.topic, g.payload));
+        }
+    }
+    assert!(seen.contains(&("gw/t/availability".into(), "offline".into())), "{seen:?}");
+    assert_eq!(seen.last(), Some(&("gw/status".into(), "offline".into())), "{seen:?}");
+}

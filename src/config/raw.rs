@@ -355,8 +355,8 @@ pub enum RawDecoder {
         #[serde(default)]
         types: BTreeMap<String, FieldKind>,
     },
-    /// A JSON document; each field is a JSON pointer into it (`/t`, `/sensor/temp`).
-    Json { fields: BTreeMap<String, String> },
+    /// A JSON document; each field is a JSON pointer into it (`/t`, `/sensor/temp`), kept in file order.
+    Json { fields: indexmap::IndexMap<String, String> },
     /// Fixed-position binary fields.
     Binary { fields: Vec<RawBinaryField> },
 }
