@@ -149,7 +149,11 @@ fn explain(path: &str, message: &str) -> (String, String) {
                 Some(s) => format!(", did you mean `{s}`?"),
                 None => String::new(),
             };
-            let at = if what == "key" { format!("{path}.{typed}") } else { path.to_string() };
+            let at = if what == "key" && !path.ends_with(&format!(".{typed}")) {
+                format!("{path}.{typed}")
+            } else {
+                path.to_string()
+            };
             let _ = rest;
             return (at, format!("unknown {what} `{typed}`{hint} (valid: {list})"));
         }
@@ -260,8 +264,8 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
         let user = if r.user == "*" { None } else { Some(r.user.clone()) };
         if let Some(u) = &user {
             if !names.contains(u.as_str()) {
-                let hint = suggest(u, names.iter().copied()).map(|s| format!(" did you mean `{s}`?")).unwrap_or_default();
-                p.add(&format!("{path}.user"), format!("`{u}` is not in `broker.users`;{hint} use `\"*\"` for every client"));
+                let hint = suggest(u, names.iter().copied()).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
+                p.add(&format!("{path}.user"), format!("`{u}` is not in `broker.users`{hint} (or use `\"*\"` for every client)"));
             }
         }
         for (kind, filters) in [("subscribe", &r.subscribe), ("publish", &r.publish)] {
@@ -410,8 +414,9 @@ fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<Fra
             length_adjust,
             max_length,
         } => {
+            let before = p.count();
             let header = bytes(header, &format!("{path}.header"), p);
-            if header.is_empty() {
+            if header.is_empty() && p.count() == before {
                 p.add(&format!("{path}.header"), "must not be empty: the header is how frames are found again after garbage");
             }
             if ![1, 2, 4].contains(length_width) {
@@ -470,7 +475,12 @@ fn resolve_decoder(raw: &RawDecoder, path: &str, framing: Option<&FramingSpec>, 
                         "has no named capture such as (?P<temp>[0-9.]+); only named captures become fields",
                     ),
                     Ok(re) => compiled.push(re),
-                    Err(e) => p.add(&format!("{path}.patterns[{i}]"), format!("not a valid regex: {e}")),
+                    Err(e) => {
+                        // regex's message draws a caret under the pattern over several lines; keep its verdict.
+                        let text = e.to_string();
+                        let verdict = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
+                        p.add(&format!("{path}.patterns[{i}]"), format!("not a valid regex: {verdict}"))
+                    }
                 }
             }
             let d = FrameDecoder::Regex { patterns: compiled, types: types.clone() };
@@ -545,17 +555,17 @@ fn resolve_map(raw: &RawMap, path: &str, ports: &[PortSettings], all: &[String],
     let start = p.count();
     let port = ports.iter().find(|x| *x.name == raw.port);
     if !all.contains(&raw.port) {
-        let hint = suggest(&raw.port, all.iter().map(String::as_str)).map(|s| format!(" did you mean `{s}`?")).unwrap_or_default();
-        p.add(&format!("{path}.port"), format!("no port is named `{}`;{hint} (ports: {})", raw.port, all.join(", ")));
+        let hint = suggest(&raw.port, all.iter().map(String::as_str)).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
+        p.add(&format!("{path}.port"), format!("no port is named `{}`{hint} (ports: {})", raw.port, all.join(", ")));
     }
     // Fields this map can see; unknown when the port itself has problems (reported there).
     let fields: Option<BTreeSet<String>> = port.map(|x| x.decoder.field_names().into_iter().collect());
     let known = |name: &str, key: &str, p: &mut Problems| {
         if let Some(f) = &fields {
             if !f.contains(name) {
-                let hint = suggest(name, f.iter().map(String::as_str)).map(|s| format!(" did you mean `{s}`?")).unwrap_or_default();
+                let hint = suggest(name, f.iter().map(String::as_str)).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
                 let list = f.iter().cloned().collect::<Vec<_>>().join(", ");
-                p.add(&format!("{path}.{key}"), format!("the decoder of port `{}` has no field `{name}`;{hint} (fields: {list})", raw.port));
+                p.add(&format!("{path}.{key}"), format!("the decoder of port `{}` has no field `{name}`{hint} (fields: {list})", raw.port));
             }
         }
     };
