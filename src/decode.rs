@@ -120,7 +120,9 @@ impl FrameDecoder {
                 decode_key_value(*pair_separator, *separator, keys, types, frame)
             }
             FrameDecoder::Json { fields } => decode_json(fields, frame),
-            FrameDecoder::Binary { fields } => fields.iter().map(|f| Ok((f.name.clone(), read_binary(f, frame)?))).collect(),
+            FrameDecoder::Binary { fields } => {
+                fields.iter().map(|f| Ok((f.name.clone(), read_binary(f, frame)?))).collect()
+            }
         }
     }
 }
@@ -170,7 +172,12 @@ fn decode_regex(patterns: &[Regex], types: &Types, frame: &[u8]) -> Result<Vec<(
     Err(DecodeError::NoMatch)
 }
 
-fn decode_csv(sep: u8, columns: &[Option<Arc<str>>], types: &Types, frame: &[u8]) -> Result<Vec<(Arc<str>, Value)>, DecodeError> {
+fn decode_csv(
+    sep: u8,
+    columns: &[Option<Arc<str>>],
+    types: &Types,
+    frame: &[u8],
+) -> Result<Vec<(Arc<str>, Value)>, DecodeError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .delimiter(sep)

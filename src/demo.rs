@@ -59,7 +59,11 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
         let token = sims.clone();
         tokio::spawn(async move { simulate::run(kind, master, kind.natural_rate(), None, token).await });
     }
-    eprintln!("ser2mqtt demo: broker on {listen}; try   mosquitto_sub -h {} -p {} -t '#' -v", listen.ip(), listen.port());
+    eprintln!(
+        "ser2mqtt demo: broker on {listen}; try   mosquitto_sub -h {} -p {} -t '#' -v",
+        listen.ip(),
+        listen.port()
+    );
     let result = gateway::run(config, shutdown).await;
     sims.cancel();
     Ok(result?)

@@ -70,9 +70,11 @@ impl Gateway {
         }
         ports.close();
         drop(tx);
-        let publisher = tokio::spawn(publish_loop(rx, broker.clone(), Arc::new(config.maps.clone()), config.gateway.name.clone()));
+        let publisher =
+            tokio::spawn(publish_loop(rx, broker.clone(), Arc::new(config.maps.clone()), config.gateway.name.clone()));
         let reporter = stats.clone();
-        let (b, topic, every, c) = (broker.clone(), config.gateway.status_topic.clone(), config.gateway.stats_interval, cancel.clone());
+        let (b, topic, every, c) =
+            (broker.clone(), config.gateway.status_topic.clone(), config.gateway.stats_interval, cancel.clone());
         tokio::spawn(async move { report_stats(b, topic, every, reporter, c).await });
         Ok(Gateway { broker, cancel, ports, publisher, stats, status_topic: config.gateway.status_topic })
     }
@@ -97,7 +99,8 @@ impl Gateway {
         let drain = async {
             ports.wait().await;
             let _ = publisher.await;
-            let offline = OutMessage { topic: status_topic, payload: Bytes::from_static(b"offline"), qos: 1, retain: true };
+            let offline =
+                OutMessage { topic: status_topic, payload: Bytes::from_static(b"offline"), qos: 1, retain: true };
             if let Err(e) = broker.publish(&offline).await {
                 tracing::warn!(error = %e, "could not publish offline status");
             }
@@ -123,7 +126,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-async fn publish_loop(mut rx: mpsc::Receiver<PortEvent>, broker: Arc<LocalBroker>, maps: Arc<Vec<TopicMap>>, gateway: String) {
+async fn publish_loop(
+    mut rx: mpsc::Receiver<PortEvent>,
+    broker: Arc<LocalBroker>,
+    maps: Arc<Vec<TopicMap>>,
+    gateway: String,
+) {
     let mut out = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -168,7 +176,12 @@ async fn report_stats(
         }
         for (name, s) in &stats {
             let payload = serde_json::to_vec(&**s).unwrap_or_default();
-            let msg = OutMessage { topic: format!("{status_topic}/stats/{name}"), payload: payload.into(), qos: 0, retain: true };
+            let msg = OutMessage {
+                topic: format!("{status_topic}/stats/{name}"),
+                payload: payload.into(),
+                qos: 0,
+                retain: true,
+            };
             let _ = broker.publish(&msg).await;
         }
     }

@@ -60,15 +60,18 @@ impl LocalBroker {
             .mqtt_max_sessions(settings.max_sessions.get() as isize)
             .plugins_config_map_add("rmqtt-acl", acl_rules(settings))
             // Never expire retained readings, and no count limit: the last value of every topic stays.
-            .plugins_config_map_add("rmqtt-retainer", "storage.type = \"ram\"\nretained_message_ttl = \"0m\"\nmax_retained_messages = 0\n")
+            .plugins_config_map_add(
+                "rmqtt-retainer",
+                "storage.type = \"ram\"\nretained_message_ttl = \"0m\"\nmax_retained_messages = 0\n",
+            )
             .build()
             .await;
         rmqtt_acl::register(&scx, true, false)
             .await
-            .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-acl", source: source.into() })?;
+            .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-acl", source })?;
         rmqtt_retainer::register(&scx, true, false)
             .await
-            .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-retainer", source: source.into() })?;
+            .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-retainer", source })?;
 
         let mut server = MqttServer::new(scx.clone());
         let mut addrs = Vec::new();
@@ -122,7 +125,8 @@ impl LocalBroker {
     }
 
     async fn publish_raw(&self, topic: &str, payload: Bytes, qos: QoS, retain: bool) -> Result<(), BrokerError> {
-        let p = CodecPublish { dup: false, retain, qos, topic: topic.into(), packet_id: None, payload, properties: None };
+        let p =
+            CodecPublish { dup: false, retain, qos, topic: topic.into(), packet_id: None, payload, properties: None };
         let p = <CodecPublish as Into<Publish>>::into(p).create_time(timestamp_millis());
         // The hook chain is where the retainer stores retained messages.
         let p = self.scx.extends.hook_mgr().message_publish(None, self.from.clone(), &p).await.unwrap_or(p);

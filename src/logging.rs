@@ -14,7 +14,9 @@ pub fn init(level: Option<&str>) {
         Ok(env) if !env.is_empty() => EnvFilter::new(env),
         _ => EnvFilter::new(format!("{},{QUIET_ENGINE}", level.unwrap_or("info"))),
     };
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

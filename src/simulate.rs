@@ -61,7 +61,8 @@ impl Simulator {
 
     fn nmea(&mut self) -> Vec<u8> {
         let now = Utc::now();
-        let time = format!("{:02}{:02}{:02}.{:02}", now.hour(), now.minute(), now.second(), now.nanosecond() / 10_000_000);
+        let time =
+            format!("{:02}{:02}{:02}.{:02}", now.hour(), now.minute(), now.second(), now.nanosecond() / 10_000_000);
         let lat = 4807.038 + (self.seq % 1000) as f64 * 0.0001;
         let lon = 1131.000 + self.rng.f64() * 0.001;
         let sats = 6 + self.rng.u8(0..6);

@@ -114,9 +114,10 @@ pub struct TopicMap {
 impl TopicMap {
     pub fn selects(&self, reading: &Reading) -> bool {
         *reading.port == *self.port
-            && self.when.as_ref().is_none_or(|w| {
-                reading.get(&w.field).is_some_and(|v| w.values.iter().any(|x| *x == v.to_plain()))
-            })
+            && self
+                .when
+                .as_ref()
+                .is_none_or(|w| reading.get(&w.field).is_some_and(|v| w.values.iter().any(|x| *x == v.to_plain())))
     }
 
     fn wanted(&self, name: &str) -> bool {
@@ -208,7 +209,11 @@ mod tests {
     #[test]
     fn per_field_plain_and_json() {
         let mut out = Vec::new();
-        map("s/{gateway}/{port}/{field}", PublishUnit::PerField, PayloadFormat::Plain).messages("gw", &reading(), &mut out);
+        map("s/{gateway}/{port}/{field}", PublishUnit::PerField, PayloadFormat::Plain).messages(
+            "gw",
+            &reading(),
+            &mut out,
+        );
         assert_eq!(out[0].topic, "s/gw/gps/sats");
         assert_eq!(out[0].payload, "8");
         out.clear();

@@ -1,1 +1,111 @@
-//! placeholder
+//! The binary as a user runs it: `check` exit codes and output, `demo` readings on a real subscriber,
+//! `simulate` writing real frames into a pty.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rumqttc::QoS;
+use tokio::io::AsyncReadExt;
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ser2mqtt");
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_accepts_every_shipped_config_and_shows_example_messages() {
+    for entry in std::fs::read_dir(root().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        let out = Command::new(BIN).args(["check", "--config"]).arg(&path).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(": valid"), "{stdout}");
+        assert!(stdout.contains("  sensors/"), "an example topic is shown: {stdout}");
+    }
+}
+
+#[test]
+fn check_exits_64_and_names_file_line_and_key() {
+    let file = root().join("tests/broken_configs/01-unknown-key-typo.yaml");
+    let out = Command::new(BIN).args(["check", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}:5:5: ports[0].baud: unknown key `baud`, did you mean `baud_rate`?", file.display());
+    assert!(stderr.contains(&want), "{stderr}");
+    // `run` refuses the same file with the same code, before starting anything.
+    let out = Command::new(BIN).args(["run", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ser2mqtt {}", env!("CARGO_PKG_VERSION")));
+}
+
+/// Kills a child we started (by its PID) when dropped, so a failing test leaves nothing behind.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn demo_publishes_simulated_readings_within_seconds_and_stops_on_sigterm() {
+    let port = free_port();
+    let mut child = Child(
+        Command::new(BIN)
+            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let a = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(a).is_err() {
+        assert!(std::time::Instant::now() < deadline, "demo broker never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sub = subscribe(
+        a,
+        &[("sensors/demo/gps/satellites", QoS::AtLeastOnce), ("sensors/demo/air/pm2_5", QoS::AtLeastOnce)],
+    )
+    .await;
+    let mut topics = std::collections::BTreeSet::new();
+    while topics.len() < 2 {
+        let g = sub.next_on("sensors/demo/").await;
+        assert!(g.payload.parse::<f64>().is_ok(), "numeric reading: {g:?}");
+        topics.insert(g.topic);
+    }
+    let status = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || child.0.wait().map(|s| s.code())).await.unwrap().unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test]
+async fn simulate_writes_valid_sds011_frames_to_a_device() {
+    let mut p = pty();
+    let out = Command::new(BIN)
+        .args(["simulate", "--sensor", "sds011", "--rate", "0", "--count", "3", "--device"])
+        .arg(&p.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut buf = [0u8; 30];
+    tokio::time::timeout(WAIT, p.master.read_exact(&mut buf)).await.unwrap().unwrap();
+    for f in buf.chunks(10) {
+        assert_eq!((f[0], f[1], f[9]), (0xAA, 0xC0, 0xAB));
+        assert_eq!(f[2..8].iter().fold(0u8, |a, b| a.wrapping_add(*b)), f[8]);
+    }
+}

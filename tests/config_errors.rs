@@ -34,7 +34,13 @@ fn every_broken_config_reports_each_problem_where_it_is() {
             }
         }
         if problems.len() != expects.len() {
-            failures.push(format!("{}: {} problems reported, {} expected:\n  {}", file.display(), problems.len(), expects.len(), problems.join("\n  ")));
+            failures.push(format!(
+                "{}: {} problems reported, {} expected:\n  {}",
+                file.display(),
+                problems.len(),
+                expects.len(),
+                problems.join("\n  ")
+            ));
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));

@@ -42,7 +42,9 @@ maps:
 
 #[tokio::test]
 async fn lines_bad_checksum_overlong_line_and_noise_lose_only_those_lines() {
-    let good = |t: &str| ser2mqtt::simulate::nmea_sentence(&format!("GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"));
+    let good = |t: &str| {
+        ser2mqtt::simulate::nmea_sentence(&format!("GPGGA,{t},4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,"))
+    };
     let mut s = Vec::new();
     s.extend(good("000001"));
     s.extend(b"$GPGGA,000002,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*00\r\n"); // bad checksum
@@ -139,7 +141,7 @@ maps:
         body.extend(crc.to_le_bytes());
         let mut f = vec![0x7E];
         for b in body {
-            if matches!(b, 0x7D | 0x7E | 0x7F) {
+            if (0x7D..=0x7F).contains(&b) {
                 f.push(0x7D);
             }
             f.push(b);
@@ -165,7 +167,12 @@ maps:
 
 #[tokio::test]
 async fn crc8_crc16_ccitt_crc32_and_xor_checks_accept_good_and_drop_bad_frames() {
-    for (kind, algo) in [("crc8", Algorithm::Crc8), ("crc16_ccitt", Algorithm::Crc16Ccitt), ("crc32", Algorithm::Crc32), ("xor", Algorithm::Xor)] {
+    for (kind, algo) in [
+        ("crc8", Algorithm::Crc8),
+        ("crc16_ccitt", Algorithm::Crc16Ccitt),
+        ("crc32", Algorithm::Crc32),
+        ("xor", Algorithm::Xor),
+    ] {
         let yaml = format!(
             r#"
 ports:

@@ -60,7 +60,11 @@ async fn nmea_fix_without_position_publishes_only_present_fields() {
     let got = sub.take_on("sensors/", 3).await;
     assert_eq!(
         payloads(&got),
-        vec![("sensors/garden-pi/gps/fix", "0"), ("sensors/garden-pi/gps/satellites", "0"), ("sensors/garden-pi/gps/GGA", &got[2].payload)]
+        vec![
+            ("sensors/garden-pi/gps/fix", "0"),
+            ("sensors/garden-pi/gps/satellites", "0"),
+            ("sensors/garden-pi/gps/GGA", &got[2].payload)
+        ]
     );
     assert!(!got[2].payload.contains("\"lat\""));
     gw.shutdown().await;
@@ -102,7 +106,10 @@ async fn sds011_little_endian_tenths() {
     let mut sub = subscribe(addr(&gw), &[("sensors/#", QoS::AtLeastOnce)]).await;
     pty.write(&[0xAA, 0xC0, 0xD4, 0x04, 0x3A, 0x0A, 0xA1, 0x60, 0x1D, 0xAB]).await;
     let got = sub.take_on("sensors/", 2).await;
-    assert_eq!(payloads(&got), vec![("sensors/garden-pi/dust/pm2_5", "123.6"), ("sensors/garden-pi/dust/pm10", "261.8")]);
+    assert_eq!(
+        payloads(&got),
+        vec![("sensors/garden-pi/dust/pm2_5", "123.6"), ("sensors/garden-pi/dust/pm10", "261.8")]
+    );
     assert!(got.iter().all(|g| g.qos == QoS::AtLeastOnce));
     gw.shutdown().await;
 }
@@ -177,7 +184,8 @@ maps:
         pty.write(format!("{i},{}\n", i * 2).as_bytes()).await;
     }
     let got = sub.take_on("x/", 100).await;
-    let expected: Vec<(String, String)> = (0..50).flat_map(|i| [("x/a".into(), i.to_string()), ("x/b".into(), (i * 2).to_string())]).collect();
+    let expected: Vec<(String, String)> =
+        (0..50).flat_map(|i| [("x/a".into(), i.to_string()), ("x/b".into(), (i * 2).to_string())]).collect();
     let actual: Vec<(String, String)> = got.iter().map(|g| (g.topic.clone(), g.payload.clone())).collect();
     assert_eq!(actual, expected);
     assert!(got.iter().all(|g| g.qos == QoS::ExactlyOnce));

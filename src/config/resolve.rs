@@ -68,10 +68,8 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
     let broker = broker.and_then(|b| resolve_broker(&b, p));
 
     // Names of every port, even those whose section failed, so maps are not blamed for it.
-    let all_port_names: Vec<String> = port_values
-        .iter()
-        .filter_map(|v| v.get("name").and_then(Value::as_str).map(String::from))
-        .collect();
+    let all_port_names: Vec<String> =
+        port_values.iter().filter_map(|v| v.get("name").and_then(Value::as_str).map(String::from)).collect();
     let mut ports = Vec::new();
     let mut seen = HashSet::new();
     for (i, v) in port_values.into_iter().enumerate() {
@@ -94,13 +92,7 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
             }
         }
     }
-    Some(Config {
-        gateway,
-        log_level: log.level,
-        broker: broker?,
-        ports,
-        maps,
-    })
+    Some(Config { gateway, log_level: log.level, broker: broker?, ports, maps })
 }
 
 /// A message for an unknown key, with the nearest valid one.
@@ -205,7 +197,10 @@ fn render_fixed(text: &str, path: &str, vars: &[(&str, &str)], p: &mut Problems)
             let allowed: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
             for name in t.placeholders() {
                 if !allowed.contains(&name) {
-                    p.add(path, format!("placeholder `{{{name}}}` is not available here (valid: {})", braces(&allowed)));
+                    p.add(
+                        path,
+                        format!("placeholder `{{{name}}}` is not available here (valid: {})", braces(&allowed)),
+                    );
                 }
             }
             t.render(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())).unwrap_or_default()
@@ -232,7 +227,10 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
     for (i, l) in raw_listeners.iter().enumerate() {
         let path = format!("broker.listeners[{i}]");
         let Ok(addr) = l.bind.parse::<SocketAddr>() else {
-            p.add(&format!("{path}.bind"), format!("`{}` is not ADDR:PORT, e.g. `0.0.0.0:1883` or `[::]:1883`", l.bind));
+            p.add(
+                &format!("{path}.bind"),
+                format!("`{}` is not ADDR:PORT, e.g. `0.0.0.0:1883` or `[::]:1883`", l.bind),
+            );
             continue;
         };
         let loopback = addr.ip().is_loopback();
@@ -245,8 +243,9 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
                 ),
             );
         }
-        // Loopback listeners default to anonymous (as on a fresh Mosquitto 2); others only if said.
-        let allow_anonymous = l.allow_anonymous.unwrap_or(loopback || raw.users.is_empty());
+        // Without users, a loopback listener is open to local clients (as a fresh Mosquitto 2 is);
+        // once users exist, anonymous access is only what is asked for.
+        let allow_anonymous = l.allow_anonymous.unwrap_or(loopback && raw.users.is_empty());
         listeners.push(ListenerSettings { addr, allow_anonymous });
     }
     let mut names = HashSet::new();
@@ -264,8 +263,12 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
         let user = if r.user == "*" { None } else { Some(r.user.clone()) };
         if let Some(u) = &user {
             if !names.contains(u.as_str()) {
-                let hint = suggest(u, names.iter().copied()).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
-                p.add(&format!("{path}.user"), format!("`{u}` is not in `broker.users`{hint} (or use `\"*\"` for every client)"));
+                let hint =
+                    suggest(u, names.iter().copied()).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
+                p.add(
+                    &format!("{path}.user"),
+                    format!("`{u}` is not in `broker.users`{hint} (or use `\"*\"` for every client)"),
+                );
             }
         }
         for (kind, filters) in [("subscribe", &r.subscribe), ("publish", &r.publish)] {
@@ -299,9 +302,10 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
 fn check_filter(f: &str) -> Result<(), String> {
     let levels: Vec<&str> = f.split('/').collect();
     let bad = f.is_empty()
-        || levels.iter().enumerate().any(|(i, l)| {
-            (l.contains('#') && (*l != "#" || i + 1 != levels.len())) || (l.contains('+') && *l != "+")
-        });
+        || levels
+            .iter()
+            .enumerate()
+            .any(|(i, l)| (l.contains('#') && (*l != "#" || i + 1 != levels.len())) || (l.contains('+') && *l != "+"));
     if bad {
         Err(format!("`{f}` is not a topic filter (`+` stands for one whole level, `#` only as the last level)"))
     } else {
@@ -392,7 +396,10 @@ fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<Fra
             let header = header.as_ref().map(|h| bytes(h, &format!("{path}.header"), p)).unwrap_or_default();
             let trailer = trailer.as_ref().map(|t| bytes(t, &format!("{path}.trailer"), p)).unwrap_or_default();
             if *length == 0 || *length > MAX_FRAME_LIMIT || header.len() + trailer.len() > *length {
-                p.add(&format!("{path}.length"), format!("must be 1..={MAX_FRAME_LIMIT} and fit the header and trailer"));
+                p.add(
+                    &format!("{path}.length"),
+                    format!("must be 1..={MAX_FRAME_LIMIT} and fit the header and trailer"),
+                );
             }
             FramingSpec::Fixed { length: *length, header, trailer }
         }
@@ -417,7 +424,10 @@ fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<Fra
             let before = p.count();
             let header = bytes(header, &format!("{path}.header"), p);
             if header.is_empty() && p.count() == before {
-                p.add(&format!("{path}.header"), "must not be empty: the header is how frames are found again after garbage");
+                p.add(
+                    &format!("{path}.header"),
+                    "must not be empty: the header is how frames are found again after garbage",
+                );
             }
             if ![1, 2, 4].contains(length_width) {
                 p.add(&format!("{path}.length_width"), format!("{length_width} is not valid: use 1, 2 or 4"));
@@ -452,13 +462,21 @@ fn resolve_checksum(raw: &RawChecksum, _path: &str, _p: &mut Problems) -> Option
     }
 }
 
-fn resolve_decoder(raw: &RawDecoder, path: &str, framing: Option<&FramingSpec>, p: &mut Problems) -> Option<FrameDecoder> {
+fn resolve_decoder(
+    raw: &RawDecoder,
+    path: &str,
+    framing: Option<&FramingSpec>,
+    p: &mut Problems,
+) -> Option<FrameDecoder> {
     let start = p.count();
     let check_types = |types: &std::collections::BTreeMap<String, FieldKind>, names: &[String], p: &mut Problems| {
         for t in types.keys() {
             if !names.contains(t) {
                 let valid: Vec<&str> = names.iter().map(String::as_str).collect();
-                p.add(&format!("{path}.types.{t}"), unknown_key_message(t, &valid).replace("unknown key", "no field named"));
+                p.add(
+                    &format!("{path}.types.{t}"),
+                    unknown_key_message(t, &valid).replace("unknown key", "no field named"),
+                );
             }
         }
     };
@@ -533,7 +551,10 @@ fn resolve_decoder(raw: &RawDecoder, path: &str, framing: Option<&FramingSpec>, 
                     p.add(&format!("{path}.fields[{i}].name"), format!("field `{}` is defined twice", f.name));
                 }
                 if let Some(max) = max.filter(|m| end > *m) {
-                    p.add(&format!("{path}.fields[{i}].at"), format!("bytes {}..{end} lie beyond the {max}-byte frame", f.at));
+                    p.add(
+                        &format!("{path}.fields[{i}].at"),
+                        format!("bytes {}..{end} lie beyond the {max}-byte frame", f.at),
+                    );
                 }
                 out.push(BinaryField {
                     name: Arc::from(f.name.as_str()),
@@ -555,7 +576,9 @@ fn resolve_map(raw: &RawMap, path: &str, ports: &[PortSettings], all: &[String],
     let start = p.count();
     let port = ports.iter().find(|x| *x.name == raw.port);
     if !all.contains(&raw.port) {
-        let hint = suggest(&raw.port, all.iter().map(String::as_str)).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
+        let hint = suggest(&raw.port, all.iter().map(String::as_str))
+            .map(|s| format!(", did you mean `{s}`?"))
+            .unwrap_or_default();
         p.add(&format!("{path}.port"), format!("no port is named `{}`{hint} (ports: {})", raw.port, all.join(", ")));
     }
     // Fields this map can see; unknown when the port itself has problems (reported there).
@@ -563,9 +586,14 @@ fn resolve_map(raw: &RawMap, path: &str, ports: &[PortSettings], all: &[String],
     let known = |name: &str, key: &str, p: &mut Problems| {
         if let Some(f) = &fields {
             if !f.contains(name) {
-                let hint = suggest(name, f.iter().map(String::as_str)).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
+                let hint = suggest(name, f.iter().map(String::as_str))
+                    .map(|s| format!(", did you mean `{s}`?"))
+                    .unwrap_or_default();
                 let list = f.iter().cloned().collect::<Vec<_>>().join(", ");
-                p.add(&format!("{path}.{key}"), format!("the decoder of port `{}` has no field `{name}`{hint} (fields: {list})", raw.port));
+                p.add(
+                    &format!("{path}.{key}"),
+                    format!("the decoder of port `{}` has no field `{name}`{hint} (fields: {list})", raw.port),
+                );
             }
         }
     };

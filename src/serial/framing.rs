@@ -15,9 +15,21 @@ use crate::config::raw::{ByteOrder, LengthCounts};
 /// How frames are delimited, resolved from the config.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FramingSpec {
-    Lines { delimiter: Vec<u8>, max_length: usize },
-    Fixed { length: usize, header: Vec<u8>, trailer: Vec<u8> },
-    Markers { start: Vec<u8>, end: Vec<u8>, escape: Option<u8>, max_length: usize },
+    Lines {
+        delimiter: Vec<u8>,
+        max_length: usize,
+    },
+    Fixed {
+        length: usize,
+        header: Vec<u8>,
+        trailer: Vec<u8>,
+    },
+    Markers {
+        start: Vec<u8>,
+        end: Vec<u8>,
+        escape: Option<u8>,
+        max_length: usize,
+    },
     LengthPrefixed {
         header: Vec<u8>,
         length_offset: usize,

@@ -26,7 +26,11 @@ use crate::decode::Reading;
 pub enum PortEvent {
     Reading(Reading),
     /// The port's availability topic should now say `online` (true) or `offline`.
-    Availability { port: Arc<str>, topic: String, online: bool },
+    Availability {
+        port: Arc<str>,
+        topic: String,
+        online: bool,
+    },
 }
 
 /// Counters for one port, shared with the stats publisher.
@@ -55,7 +59,12 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 const READ_CAPACITY: usize = 4096;
 
 /// Runs the port until `shutdown`; returns only then (or when the publisher is gone).
-pub async fn run_port(port: PortSettings, tx: mpsc::Sender<PortEvent>, stats: Arc<PortStats>, shutdown: CancellationToken) {
+pub async fn run_port(
+    port: PortSettings,
+    tx: mpsc::Sender<PortEvent>,
+    stats: Arc<PortStats>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut last_error: Option<String> = None;
     loop {
@@ -70,7 +79,9 @@ pub async fn run_port(port: PortSettings, tx: mpsc::Sender<PortEvent>, stats: Ar
                 // The stream (and its file descriptor) is dropped here, before any retry.
                 match result {
                     Ok(()) => return,
-                    Err(e) => tracing::warn!(port = %port.name, device = %port.device.display(), error = %e, "serial port lost; reopening"),
+                    Err(e) => {
+                        tracing::warn!(port = %port.name, device = %port.device.display(), error = %e, "serial port lost; reopening")
+                    }
                 }
             }
             Err(e) => {
