@@ -10,8 +10,9 @@ use tokio_serial::{SerialPort, SerialStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, BrokerSettings, Config, ConfigErrors};
-use crate::gateway::{self, GatewayError};
+use crate::gateway::GatewayError;
 use crate::simulate::{self, SensorKind};
+use crate::supervisor::{self, Supervision};
 
 /// The demo's configuration, shipped as `configs/demo.yaml`.
 pub const DEMO_CONFIG: &str = include_str!("../configs/demo.yaml");
@@ -64,7 +65,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
         listen.ip(),
         listen.port()
     );
-    let result = gateway::run(config, shutdown).await;
+    let result = supervisor::run(config, Supervision::none(), shutdown).await;
     sims.cancel();
     Ok(result?)
 }

@@ -1,20 +1,23 @@
 //! The task tree: the embedded broker, one task per serial port, the publisher that applies topic
-//! maps, and the stats reporter; started together, stopped in order under one grace timeout.
+//! maps, and the stats reporter; started together, reconfigured in place, stopped in order under one
+//! grace timeout.
 //!
 //! Shutdown order: cancel the port readers (each reports its port `offline`), let the publisher drain
-//! what they sent, publish the gateway `offline`, then stop the broker.
+//! what they sent, publish the gateway `offline`, then stop the broker. A reload replaces only the ports
+//! whose configuration changed, and swaps the topic maps between two readings; the broker keeps running.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, PortSettings};
 use crate::local_broker::{BrokerError, LocalBroker};
 use crate::serial::port::PortEvent;
 use crate::serial::{run_port, PortStats};
@@ -28,20 +31,50 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// milliseconds, and this sits inside `SHUTDOWN_GRACE`.
 const FINAL_FLUSH: Duration = Duration::from_millis(300);
 
+/// How often an idle publisher still reports progress, so "no progress" means stuck, not quiet.
+const PUBLISHER_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long a port may take to be tried once (opened or failed) before the gateway calls itself ready.
+const FIRST_OPEN_WAIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error("embedded broker failed")]
     Broker(#[from] BrokerError),
 }
 
+/// A port task and what it was started with.
+struct RunningPort {
+    settings: PortSettings,
+    stats: Arc<PortStats>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    pub started: Vec<String>,
+    pub restarted: Vec<String>,
+    pub stopped: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Settings that only take effect on restart (broker listeners, users, gateway name…).
+    pub needs_restart: Vec<String>,
+}
+
 /// A running gateway.
 pub struct Gateway {
+    config: Config,
     broker: Arc<LocalBroker>,
     cancel: CancellationToken,
-    ports: TaskTracker,
+    ports: HashMap<Arc<str>, RunningPort>,
+    tx: mpsc::Sender<PortEvent>,
+    maps: watch::Sender<Arc<Vec<TopicMap>>>,
     publisher: JoinHandle<()>,
-    stats: Vec<(Arc<str>, Arc<PortStats>)>,
-    status_topic: String,
+    /// Milliseconds since `epoch` when the publisher last completed a loop turn.
+    publisher_progress: Arc<AtomicU64>,
+    epoch: Instant,
+    stats_list: watch::Sender<Vec<(Arc<str>, Arc<PortStats>)>>,
 }
 
 impl Gateway {
@@ -51,57 +84,168 @@ impl Gateway {
         for addr in broker.local_addrs() {
             tracing::info!(%addr, "MQTT broker listening");
         }
-        let status = OutMessage {
-            topic: config.gateway.status_topic.clone(),
-            payload: Bytes::from_static(b"online"),
-            qos: 1,
-            retain: true,
-        };
-        broker.publish(&status).await?;
+        broker.publish(&status(&config, true)).await?;
 
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.gateway.channel_capacity.get());
-        let ports = TaskTracker::new();
-        let mut stats = Vec::new();
-        for port in config.ports.iter().cloned() {
-            let s = Arc::new(PortStats::default());
-            stats.push((port.name.clone(), s.clone()));
-            ports.spawn(run_port(port, tx.clone(), s, cancel.child_token()));
-        }
-        ports.close();
-        drop(tx);
-        let publisher =
-            tokio::spawn(publish_loop(rx, broker.clone(), Arc::new(config.maps.clone()), config.gateway.name.clone()));
-        let reporter = stats.clone();
+        let (maps, maps_rx) = watch::channel(Arc::new(config.maps.clone()));
+        let epoch = Instant::now();
+        let progress = Arc::new(AtomicU64::new(0));
+        let publisher = tokio::spawn(publish_loop(
+            rx,
+            broker.clone(),
+            maps_rx,
+            config.gateway.name.clone(),
+            progress.clone(),
+            epoch,
+        ));
+        let (stats_list, stats_rx) = watch::channel(Vec::new());
         let (b, topic, every, c) =
             (broker.clone(), config.gateway.status_topic.clone(), config.gateway.stats_interval, cancel.clone());
-        tokio::spawn(async move { report_stats(b, topic, every, reporter, c).await });
-        Ok(Gateway { broker, cancel, ports, publisher, stats, status_topic: config.gateway.status_topic })
+        tokio::spawn(async move { report_stats(b, topic, every, stats_rx, c).await });
+        let mut gw = Gateway {
+            config: config.clone(),
+            broker,
+            cancel,
+            ports: HashMap::new(),
+            tx,
+            maps,
+            publisher,
+            publisher_progress: progress,
+            epoch,
+            stats_list,
+        };
+        for port in config.ports {
+            gw.spawn_port(port);
+        }
+        gw.publish_stats_list();
+        Ok(gw)
+    }
+
+    fn spawn_port(&mut self, settings: PortSettings) {
+        let stats = Arc::new(PortStats::default());
+        let cancel = self.cancel.child_token();
+        let task = tokio::spawn(run_port(settings.clone(), self.tx.clone(), stats.clone(), cancel.clone()));
+        self.ports.insert(settings.name.clone(), RunningPort { settings, stats, cancel, task });
+    }
+
+    fn publish_stats_list(&self) {
+        let mut list: Vec<_> = self.ports.values().map(|p| (p.settings.name.clone(), p.stats.clone())).collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        self.stats_list.send_replace(list);
     }
 
     pub fn broker_addrs(&self) -> &[SocketAddr] {
         self.broker.local_addrs()
     }
 
-    /// Per-port counters, by port name.
-    pub fn stats(&self) -> &[(Arc<str>, Arc<PortStats>)] {
-        &self.stats
+    /// Per-port counters, by port name (sorted).
+    pub fn stats(&self) -> Vec<(Arc<str>, Arc<PortStats>)> {
+        self.stats_list.borrow().clone()
     }
 
-    pub fn broker_running(&self) -> bool {
-        self.broker.is_running()
+    /// Waits until every port has been tried once (opened or failed), at most `FIRST_OPEN_WAIT`.
+    pub async fn ports_tried(&self) {
+        let tried = || {
+            self.ports.values().all(|p| {
+                p.stats.opens.load(Ordering::Relaxed) + p.stats.open_failures.load(Ordering::Relaxed) > 0
+            })
+        };
+        let deadline = Instant::now() + FIRST_OPEN_WAIT;
+        while !tried() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Healthy when a message makes the round trip through the broker to a real client within
+    /// `timeout`, and the publisher made progress recently.
+    pub async fn health(&self, timeout: Duration) -> Result<(), String> {
+        if !self.broker.is_running() {
+            return Err("the broker's server task has ended".into());
+        }
+        self.broker.round_trip(timeout).await.map_err(|e| e.to_string())?;
+        let last = Duration::from_millis(self.publisher_progress.load(Ordering::Relaxed));
+        let idle = self.epoch.elapsed().saturating_sub(last);
+        if idle > PUBLISHER_HEARTBEAT * 5 || self.publisher.is_finished() {
+            return Err(format!("the publisher has made no progress for {idle:?}"));
+        }
+        Ok(())
+    }
+
+    /// Kills the broker under the running gateway, as a crash of the engine would. For tests of the
+    /// health check and watchdog.
+    #[doc(hidden)]
+    pub async fn break_broker(&self) {
+        self.broker.close().await;
+    }
+
+    /// Applies a new, already validated configuration without restarting the broker.
+    pub async fn reload(&mut self, new: Config) -> ReloadReport {
+        let mut report = ReloadReport::default();
+        if new.broker != self.config.broker {
+            report.needs_restart.push("broker".into());
+        }
+        if new.gateway.name != self.config.gateway.name || new.gateway.status_topic != self.config.gateway.status_topic
+        {
+            report.needs_restart.push("gateway.name/status_topic".into());
+        }
+        let wanted: HashMap<Arc<str>, &PortSettings> = new.ports.iter().map(|p| (p.name.clone(), p)).collect();
+        let names: Vec<Arc<str>> = self.ports.keys().cloned().collect();
+        for name in names {
+            let same = wanted.get(&name).is_some_and(|w| {
+                let running = &self.ports[&name].settings;
+                w.fingerprint == running.fingerprint && w.device == running.device
+            });
+            if same {
+                report.unchanged.push(name.to_string());
+                continue;
+            }
+            if let Some(old) = self.ports.remove(&name) {
+                // The old task reports its port offline as it stops and must release the device (opened
+                // exclusively) before its replacement opens it.
+                old.cancel.cancel();
+                if tokio::time::timeout(SHUTDOWN_GRACE, old.task).await.is_err() {
+                    tracing::warn!(port = %name, "old port task did not stop in time");
+                }
+            }
+            match wanted.get(&name) {
+                Some(w) => {
+                    self.spawn_port((*w).clone());
+                    report.restarted.push(name.to_string());
+                }
+                None => report.stopped.push(name.to_string()),
+            }
+        }
+        for p in &new.ports {
+            if !self.ports.contains_key(&p.name) {
+                self.spawn_port(p.clone());
+                report.started.push(p.name.to_string());
+            }
+        }
+        self.maps.send_replace(Arc::new(new.maps.clone()));
+        self.publish_stats_list();
+        let (broker, gateway) = (self.config.broker.clone(), self.config.gateway.clone());
+        self.config = new;
+        // Restart-only settings stay as they run until the restart.
+        self.config.broker = broker;
+        self.config.gateway = gateway;
+        for list in [&mut report.started, &mut report.restarted, &mut report.stopped, &mut report.unchanged] {
+            list.sort();
+        }
+        report
     }
 
     /// Stops in order (ports, publisher drain, `offline`, broker) within `SHUTDOWN_GRACE`.
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        let Gateway { broker, ports, publisher, status_topic, .. } = self;
+        let Gateway { config, broker, ports, tx, publisher, .. } = self;
+        drop(tx);
         let drain = async {
-            ports.wait().await;
+            for (_, p) in ports {
+                let _ = p.task.await;
+            }
             let _ = publisher.await;
-            let offline =
-                OutMessage { topic: status_topic, payload: Bytes::from_static(b"offline"), qos: 1, retain: true };
-            if let Err(e) = broker.publish(&offline).await {
+            if let Err(e) = broker.publish(&status(&config, false)).await {
                 tracing::warn!(error = %e, "could not publish offline status");
             }
             // Publishing only queues the message for each session; give connected subscribers a
@@ -117,25 +261,34 @@ impl Gateway {
     }
 }
 
-/// Runs until `shutdown` completes, then stops the gateway.
-pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), GatewayError> {
-    let gateway = Gateway::start(config).await?;
-    shutdown.await;
-    tracing::info!("shutting down");
-    gateway.shutdown().await;
-    Ok(())
+fn status(config: &Config, online: bool) -> OutMessage {
+    OutMessage {
+        topic: config.gateway.status_topic.clone(),
+        payload: Bytes::from_static(if online { b"online" } else { b"offline" }),
+        qos: 1,
+        retain: true,
+    }
 }
 
 async fn publish_loop(
     mut rx: mpsc::Receiver<PortEvent>,
     broker: Arc<LocalBroker>,
-    maps: Arc<Vec<TopicMap>>,
+    maps: watch::Receiver<Arc<Vec<TopicMap>>>,
     gateway: String,
+    progress: Arc<AtomicU64>,
+    epoch: Instant,
 ) {
     let mut out = Vec::new();
-    while let Some(ev) = rx.recv().await {
+    loop {
+        progress.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let ev = match tokio::time::timeout(PUBLISHER_HEARTBEAT, rx.recv()).await {
+            Err(_) => continue,
+            Ok(None) => return,
+            Ok(Some(ev)) => ev,
+        };
         match ev {
             PortEvent::Reading(r) => {
+                let maps = maps.borrow().clone();
                 let mut unmapped = 0;
                 for m in maps.iter() {
                     unmapped += m.messages(&gateway, &r, &mut out);
@@ -165,7 +318,7 @@ async fn report_stats(
     broker: Arc<LocalBroker>,
     status_topic: String,
     every: Duration,
-    stats: Vec<(Arc<str>, Arc<PortStats>)>,
+    stats: watch::Receiver<Vec<(Arc<str>, Arc<PortStats>)>>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -174,14 +327,11 @@ async fn report_stats(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (name, s) in &stats {
+        let list = stats.borrow().clone();
+        for (name, s) in &list {
             let payload = serde_json::to_vec(&**s).unwrap_or_default();
-            let msg = OutMessage {
-                topic: format!("{status_topic}/stats/{name}"),
-                payload: payload.into(),
-                qos: 0,
-                retain: true,
-            };
+            let msg =
+                OutMessage { topic: format!("{status_topic}/stats/{name}"), payload: payload.into(), qos: 0, retain: true };
             let _ = broker.publish(&msg).await;
         }
     }

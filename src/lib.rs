@@ -5,7 +5,8 @@
 //! → `serial::port` (one task per port: readings + availability, bounded channel)
 //! → `topic_map` (readings → topic, payload, QoS, retain) → `local_broker` (rmqtt, in-process).
 //! `config` turns the YAML file into validated settings (every problem at once, with its position);
-//! `gateway` owns the task tree and its orderly shutdown; `demo` and `simulate` provide sensors for
+//! `gateway` owns the task tree, reloads and orderly shutdown; `supervisor` the daemon's lifecycle
+//! (systemd notify and watchdog, SIGHUP); `demo` and `simulate` provide sensors for
 //! people without hardware; `logging` sets up tracing. `main.rs` only parses the command line.
 
 pub mod cli;
@@ -17,4 +18,5 @@ pub mod local_broker;
 pub mod logging;
 pub mod serial;
 pub mod simulate;
+pub mod supervisor;
 pub mod topic_map;

@@ -11,7 +11,8 @@
 //! - there is no shutdown API: dropping the run future closes the listeners, and sessions are kicked
 //!   with their ids collected first (kicking while iterating the session map deadlocks).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rmqtt::context::ServerContext;
@@ -20,6 +21,7 @@ use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
 use rmqtt::types::{ClientId, CodecPublish, From as MsgFrom, Id, Publish, QoS, UserName};
 use rmqtt::utils::timestamp_millis;
+use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::config::{AclRule, BrokerSettings};
@@ -41,7 +43,15 @@ pub enum BrokerError {
     },
     #[error("publish to {topic} failed: {reason}")]
     Publish { topic: String, reason: String },
+    #[error("health probe: no round trip through the broker within {0:?}")]
+    Unhealthy(Duration),
 }
+
+/// Where health probes travel. `$`-topics are not matched by `#`, so LAN subscribers never see them.
+const HEALTH_TOPIC: &str = "$ser2mqtt/health";
+/// After a failed connect the probe client waits this long before the next try (rumqttc itself would
+/// retry as fast as it is polled).
+const PROBE_RECONNECT: Duration = Duration::from_secs(1);
 
 /// A running embedded broker.
 pub struct LocalBroker {
@@ -51,14 +61,20 @@ pub struct LocalBroker {
     /// Who in-process messages come from, as subscribers and hooks see it.
     from: MsgFrom,
     server: JoinHandle<()>,
+    /// Payloads the health client received on `HEALTH_TOPIC`.
+    probe_rx: Mutex<mpsc::Receiver<Bytes>>,
+    probe_task: JoinHandle<()>,
 }
 
 impl LocalBroker {
     /// Binds every listener and starts serving. Fails, naming the address, if one cannot be bound.
     pub async fn start(settings: &BrokerSettings) -> Result<LocalBroker, BrokerError> {
+        // The health client's own credentials: random per start, never written anywhere.
+        let probe_user = format!("ser2mqtt-probe-{:016x}", fastrand::u64(..));
+        let probe_pass = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let scx = ServerContext::new()
             .mqtt_max_sessions(settings.max_sessions.get() as isize)
-            .plugins_config_map_add("rmqtt-acl", acl_rules(settings))
+            .plugins_config_map_add("rmqtt-acl", acl_rules(settings, (&probe_user, &probe_pass)))
             // Never expire retained readings, and no count limit: the last value of every topic stays.
             .plugins_config_map_add(
                 "rmqtt-retainer",
@@ -106,7 +122,29 @@ impl LocalBroker {
             ClientId::from("ser2mqtt-gateway"),
             Some(UserName::from("ser2mqtt")),
         ));
-        Ok(LocalBroker { scx, addrs, from, server: task })
+        let (probe_tx, probe_rx) = mpsc::channel(16);
+        let probe_task = tokio::spawn(probe_client(loopback(addrs[0]), probe_user, probe_pass, probe_tx));
+        Ok(LocalBroker { scx, addrs, from, server: task, probe_rx: Mutex::new(probe_rx), probe_task })
+    }
+
+    /// Publishes a probe in-process and waits until a real MQTT client, connected over TCP to the first
+    /// listener, receives it: proof that the listener accepts, sessions route and publish works.
+    pub async fn round_trip(&self, timeout: Duration) -> Result<Duration, BrokerError> {
+        let start = Instant::now();
+        let nonce = Bytes::from(format!("{:016x}", fastrand::u64(..)));
+        let mut rx = self.probe_rx.lock().await;
+        while rx.try_recv().is_ok() {} // stale answers to earlier, timed-out probes
+        let wait = async {
+            self.publish_raw(HEALTH_TOPIC, nonce.clone(), QoS::AtMostOnce, false).await?;
+            loop {
+                match rx.recv().await {
+                    Some(p) if p == nonce => return Ok(start.elapsed()),
+                    Some(_) => continue,
+                    None => return Err(BrokerError::Unhealthy(timeout)),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(BrokerError::Unhealthy(timeout)))
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -142,8 +180,14 @@ impl LocalBroker {
 
     /// Closes the listeners and disconnects every client.
     pub async fn stop(self) {
+        self.close().await;
+        self.probe_task.abort();
+    }
+
+    /// Closes the listeners and kicks every session, leaving the value in place (used by `stop`, and by
+    /// tests that need a broker which has died under a running gateway).
+    pub async fn close(&self) {
         self.server.abort();
-        let _ = self.server.await;
         // Collect first: kicking while iterating the session map deadlocks.
         let ids: Vec<Id> = self.scx.extends.shared().await.iter().map(|e| e.id()).collect();
         for id in ids {
@@ -155,12 +199,48 @@ impl LocalBroker {
     }
 }
 
+/// Where to reach a listener from this machine: an unspecified bind address means its loopback.
+fn loopback(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+/// The health client: stays connected and subscribed, forwarding what arrives on `HEALTH_TOPIC`.
+async fn probe_client(addr: SocketAddr, user: String, pass: String, tx: mpsc::Sender<Bytes>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    let mut opts = MqttOptions::new(user.clone(), addr.ip().to_string(), addr.port());
+    opts.set_credentials(user, pass);
+    // Keepalive only needs to outlive the probe period; the probe itself is the liveness signal.
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                let _ = client.try_subscribe(HEALTH_TOPIC, rumqttc::QoS::AtMostOnce);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let _ = tx.try_send(p.payload);
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(PROBE_RECONNECT).await,
+        }
+    }
+}
+
 /// The rmqtt-acl rule list (TOML) for the configured users and ACL. Rules are first-hit; a connect
 /// that hits none is refused (anonymous clients on listeners that allow them never reach the rules).
-fn acl_rules(settings: &BrokerSettings) -> String {
+/// The gateway's own health client comes first, allowed on its probe topic only.
+fn acl_rules(settings: &BrokerSettings, probe: (&str, &str)) -> String {
     let q = |s: &str| serde_json::Value::from(s).to_string(); // JSON string escapes are valid TOML
     let list = |v: &[String]| format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
-    let mut rules = Vec::new();
+    let mut rules = vec![
+        format!("[\"allow\", {{ user = {}, password = {} }}, \"connect\"]", q(probe.0), q(probe.1)),
+        format!("[\"allow\", {{ user = {} }}, \"subscribe\", [{}]]", q(probe.0), q(HEALTH_TOPIC)),
+    ];
     for (user, password) in &settings.users {
         rules.push(format!("[\"allow\", {{ user = {}, password = {} }}, \"connect\"]", q(user), q(password)));
     }

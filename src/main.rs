@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use ser2mqtt::cli::{Cli, Command};
 use ser2mqtt::config::{self, LoadError};
+use ser2mqtt::supervisor::{self, Notifier, Supervision};
 use tokio_util::sync::CancellationToken;
 
 /// sysexits EX_USAGE: the configuration (what the user typed) is wrong.
@@ -39,7 +40,12 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             };
             ser2mqtt::logging::init(c.log_level.as_deref());
             tracing::info!(config = %config.display(), ports = c.ports.len(), maps = c.maps.len(), "starting");
-            ser2mqtt::gateway::run(c, shutdown_signal()).await.context("gateway failed")?;
+            let sup = Supervision {
+                config_path: Some(config.clone()),
+                notifier: Notifier::from_env(),
+                watchdog: supervisor::watchdog_from_env(),
+            };
+            supervisor::run(c, sup, shutdown_signal()).await.context("gateway failed")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { listen } => {

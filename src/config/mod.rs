@@ -106,6 +106,8 @@ pub struct PortSettings {
     pub availability_topic: String,
     pub skip_first_frames: u32,
     pub reopen_backoff_max: Duration,
+    /// Identifies the port's configuration as written; a reload restarts the port only if it changed.
+    pub fingerprint: String,
 }
 
 /// One problem in a configuration file.

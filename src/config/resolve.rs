@@ -74,11 +74,15 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
     let mut seen = HashSet::new();
     for (i, v) in port_values.into_iter().enumerate() {
         let path = format!("ports[{i}]");
+        // What the user wrote for this port, plus the gateway name its topics depend on: equal
+        // fingerprints mean a reload can leave the running port alone.
+        let fingerprint = format!("{}\n{}", gateway.name, serde_yaml::to_string(&v).unwrap_or_default());
         if let Some(raw) = section::<RawPort>(v, &path, p) {
             if !seen.insert(raw.name.clone()) {
                 p.add(&format!("{path}.name"), format!("port name `{}` is used twice; names must be unique", raw.name));
             }
-            if let Some(port) = resolve_port(&raw, &path, &gateway.name, p) {
+            if let Some(mut port) = resolve_port(&raw, &path, &gateway.name, p) {
+                port.fingerprint = fingerprint;
                 ports.push(port);
             }
         }
@@ -371,6 +375,7 @@ fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> O
         availability_topic,
         skip_first_frames: raw.skip_first_frames,
         reopen_backoff_max: raw.reopen_backoff_max,
+        fingerprint: String::new(),
     })
 }
 
