@@ -147,9 +147,9 @@ impl Gateway {
     /// Waits until every port has been tried once (opened or failed), at most `FIRST_OPEN_WAIT`.
     pub async fn ports_tried(&self) {
         let tried = || {
-            self.ports.values().all(|p| {
-                p.stats.opens.load(Ordering::Relaxed) + p.stats.open_failures.load(Ordering::Relaxed) > 0
-            })
+            self.ports
+                .values()
+                .all(|p| p.stats.opens.load(Ordering::Relaxed) + p.stats.open_failures.load(Ordering::Relaxed) > 0)
         };
         let deadline = Instant::now() + FIRST_OPEN_WAIT;
         while !tried() && Instant::now() < deadline {
@@ -172,11 +172,9 @@ impl Gateway {
         Ok(())
     }
 
-    /// Kills the broker under the running gateway, as a crash of the engine would. For tests of the
-    /// health check and watchdog.
-    #[doc(hidden)]
-    pub async fn break_broker(&self) {
-        self.broker.close().await;
+    /// The embedded broker, shared (for callers that publish or probe it directly).
+    pub fn broker(&self) -> Arc<LocalBroker> {
+        self.broker.clone()
     }
 
     /// Applies a new, already validated configuration without restarting the broker.
@@ -330,8 +328,12 @@ async fn report_stats(
         let list = stats.borrow().clone();
         for (name, s) in &list {
             let payload = serde_json::to_vec(&**s).unwrap_or_default();
-            let msg =
-                OutMessage { topic: format!("{status_topic}/stats/{name}"), payload: payload.into(), qos: 0, retain: true };
+            let msg = OutMessage {
+                topic: format!("{status_topic}/stats/{name}"),
+                payload: payload.into(),
+                qos: 0,
+                retain: true,
+            };
             let _ = broker.publish(&msg).await;
         }
     }

@@ -1,9 +1,17 @@
-//! Log output: readable lines on stderr, level from the config unless `RUST_LOG` says otherwise.
-//! The broker engine logs through the `log` crate; those records are bridged into tracing too.
+//! Log output. Under systemd (stderr connected to the journal, or `log.journald: true`) every tracing
+//! event goes to journald through systemd-journal-logger, its tracing fields becoming journal fields
+//! (`port` → `PORT=`), so `journalctl -u ser2mqtt PORT=gps` filters by port. Otherwise, readable lines
+//! on stderr. Level from the config unless `RUST_LOG` says otherwise. The broker engine logs through the
+//! `log` crate; those records are bridged into tracing too.
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use systemd_journal_logger::JournalLog;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Engine chatter (one line per client connect) is kept at warn unless asked for explicitly.
 const QUIET_ENGINE: &str = "rmqtt=warn,rmqtt_net=warn,rmqtt_acl=warn,rmqtt_retainer=warn";
@@ -14,9 +22,74 @@ pub fn init(level: Option<&str>) {
         Ok(env) if !env.is_empty() => EnvFilter::new(env),
         _ => EnvFilter::new(format!("{},{QUIET_ENGINE}", level.unwrap_or("info"))),
     };
+    if systemd_journal_logger::connected_to_journal() {
+        if let Ok(journal) = JournalLog::new() {
+            let _ = tracing_subscriber::registry().with(filter).with(JournalLayer { journal }).try_init();
+            return;
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+}
+
+/// Sends each tracing event to journald as one entry with structured fields.
+pub struct JournalLayer {
+    journal: JournalLog,
+}
+
+/// An event's message and fields, as text.
+#[derive(Default)]
+pub struct EventFields {
+    pub message: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl Visit for EventFields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else {
+            self.fields.push((field.name().to_string(), value.to_string()));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            self.fields.push((field.name().to_string(), format!("{value:?}")));
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for JournalLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut f = EventFields::default();
+        event.record(&mut f);
+        let meta = event.metadata();
+        let level = match *meta.level() {
+            tracing::Level::ERROR => log::Level::Error,
+            tracing::Level::WARN => log::Level::Warn,
+            tracing::Level::INFO => log::Level::Info,
+            tracing::Level::DEBUG => log::Level::Debug,
+            tracing::Level::TRACE => log::Level::Trace,
+        };
+        let kvs: Vec<(&str, &str)> = f.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let message = f.message.as_str();
+        // Nothing sensible can be done if the journal refuses a log line.
+        let _ = self.journal.journal_send(
+            &log::Record::builder()
+                .level(level)
+                .target(meta.target())
+                .module_path(meta.module_path())
+                .file(meta.file())
+                .line(meta.line())
+                .key_values(&kvs)
+                .args(format_args!("{message}"))
+                .build(),
+        );
+    }
 }

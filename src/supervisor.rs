@@ -88,7 +88,13 @@ impl Supervision {
 /// Runs the gateway until `shutdown` completes: READY=1 once the broker listens and every port was
 /// tried, keep-alives while healthy, reloads on SIGHUP, STOPPING=1 and an orderly stop at the end.
 pub async fn run(config: Config, sup: Supervision, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
-    let mut gw = Gateway::start(config).await?;
+    let gw = Gateway::start(config).await?;
+    supervise(gw, sup, shutdown).await;
+    Ok(())
+}
+
+/// As `run`, for a gateway already started.
+pub async fn supervise(mut gw: Gateway, sup: Supervision, shutdown: impl Future<Output = ()>) {
     gw.ports_tried().await;
     sup.notifier.notify("READY=1\nSTATUS=broker listening, ports opened");
     tracing::info!("ready");
@@ -124,7 +130,6 @@ pub async fn run(config: Config, sup: Supervision, shutdown: impl Future<Output 
     tracing::info!("shutting down");
     sup.notifier.notify("STOPPING=1");
     gw.shutdown().await;
-    Ok(())
 }
 
 /// Re-reads `path`. A file with problems leaves the running configuration in place and logs every

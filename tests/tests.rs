@@ -8,4 +8,5 @@ mod broker_auth;
 mod cli;
 mod config_errors;
 mod garbage;
+mod lifecycle;
 mod sensors;

@@ -1,0 +1,138 @@
+//! The daemon's lifecycle: the systemd notify/watchdog protocol on a socket the test owns, and reloads
+//! of the configuration file (bad files kept out, changed ports restarted, unchanged ports untouched).
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rumqttc::QoS;
+use ser2mqtt::gateway::Gateway;
+use ser2mqtt::supervisor::{self, Notifier, Supervision};
+use tokio::net::UnixDatagram;
+
+use crate::support::*;
+
+fn yaml(a: &Path, topic: &str, extra_port: Option<&Path>) -> String {
+    let mut y = format!(
+        r#"
+gateway: {{ name: gw }}
+broker: {{ listeners: [{{ bind: "127.0.0.1:0" }}] }}
+ports:
+  - name: a
+    device: {}
+    framing: {{ type: lines }}
+    decoder: {{ type: csv, columns: [n] }}
+"#,
+        a.display()
+    );
+    if let Some(b) = extra_port {
+        y.push_str(&format!(
+            "  - name: b\n    device: {}\n    framing: {{ type: lines }}\n    decoder: {{ type: csv, columns: [n] }}\n",
+            b.display()
+        ));
+    }
+    y.push_str(&format!("maps:\n  - {{ port: a, topic: \"{topic}/{{field}}\", qos: 1 }}\n"));
+    if extra_port.is_some() {
+        y.push_str("  - { port: b, topic: \"b/{field}\", qos: 1 }\n");
+    }
+    y
+}
+
+async fn next_state(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(WAIT, sock.recv(&mut buf)).await.expect("a notification in time").unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn ready_then_keepalives_while_healthy_none_once_the_broker_dies_and_stopping_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    let p = pty();
+    let gw = Gateway::start(config_from(&yaml(&p.path, "a", None))).await.unwrap();
+    let broker = gw.broker();
+    let sup = Supervision {
+        config_path: None,
+        notifier: Notifier::to(path.to_str().unwrap()).unwrap(),
+        watchdog: Some(Duration::from_millis(400)),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(supervisor::supervise(gw, sup, async {
+        let _ = stop_rx.await;
+    }));
+
+    assert!(next_state(&sock).await.starts_with("READY=1"));
+    for _ in 0..3 {
+        assert_eq!(next_state(&sock).await, "WATCHDOG=1");
+    }
+    // The engine dies under a running gateway: no more keep-alives, so systemd would restart us.
+    broker.close().await;
+    let mut buf = [0u8; 256];
+    let mut after = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+        after.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    // One keep-alive may already have been on its way when the broker was closed.
+    assert!(after.iter().filter(|s| *s == "WATCHDOG=1").count() <= 1, "keep-alives went on: {after:?}");
+
+    stop_tx.send(()).unwrap();
+    assert_eq!(next_state(&sock).await, "STOPPING=1");
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_bad_file_is_refused_and_the_running_configuration_keeps_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ser2mqtt.yaml");
+    let mut p = pty();
+    std::fs::write(&file, yaml(&p.path, "a", None)).unwrap();
+    let mut gw = start(ser2mqtt::config::load(&file).unwrap()).await;
+    let mut sub = subscribe(addr(&gw), &[("#", QoS::AtLeastOnce)]).await;
+
+    std::fs::write(&file, yaml(&p.path, "a", None).replace("type: lines", "type: line")).unwrap();
+    assert!(!supervisor::reload(&mut gw, &file).await, "a bad file must not be applied");
+    p.write(b"7\n").await;
+    assert_eq!(sub.next_on("a/").await.payload, "7");
+    assert_eq!(gw.stats()[0].1.opens.load(Ordering::Relaxed), 1, "the port was not touched");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_good_file_applies_new_maps_and_ports_without_losing_readings_on_unchanged_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ser2mqtt.yaml");
+    let (mut a, mut b) = (pty(), pty());
+    std::fs::write(&file, yaml(&a.path, "old", None)).unwrap();
+    let mut gw = start(ser2mqtt::config::load(&file).unwrap()).await;
+    let mut sub =
+        subscribe(addr(&gw), &[("old/#", QoS::AtLeastOnce), ("new/#", QoS::AtLeastOnce), ("b/#", QoS::AtLeastOnce)])
+            .await;
+
+    // Port a keeps sending through the reload; the map now publishes it under new/.
+    let a_path = a.path.clone();
+    let writer = tokio::spawn(async move {
+        for i in 0..200 {
+            a.write(format!("{i}\n").as_bytes()).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        a
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(&file, yaml(&a_path, "new", Some(&b.path))).unwrap();
+    assert!(supervisor::reload(&mut gw, &file).await);
+    let _a = writer.await.unwrap();
+
+    let got = sub.take_on("", 200).await;
+    let numbers: Vec<String> = got.iter().map(|g| g.payload.clone()).collect();
+    let expected: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+    assert_eq!(numbers, expected, "every reading of the unchanged port arrived, in order");
+    assert!(got.first().unwrap().topic.starts_with("old/") && got.last().unwrap().topic.starts_with("new/"));
+    let stats = gw.stats();
+    assert_eq!(stats[0].1.opens.load(Ordering::Relaxed), 1, "port a was not reopened");
+
+    b.write(b"5\n").await;
+    assert_eq!(sub.next_on("b/").await.payload, "5", "the new port runs");
+    gw.shutdown().await;
+}
