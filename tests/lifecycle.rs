@@ -136,3 +136,63 @@ async fn a_good_file_applies_new_maps_and_ports_without_losing_readings_on_uncha
     assert_eq!(sub.next_on("b/").await.payload, "5", "the new port runs");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_file_of_a_running_binary() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ser2mqtt.yaml");
+    let mut p = pty();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bind = format!("127.0.0.1:{port}");
+    let dev = p.path.clone();
+    let write = |topic: &str| std::fs::write(&file, yaml(&dev, topic, None).replace("127.0.0.1:0", &bind)).unwrap();
+    write("before");
+    let child = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let a: std::net::SocketAddr = bind.parse().unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(a).is_err() {
+        assert!(std::time::Instant::now() < deadline, "broker never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut sub = subscribe(a, &[("before/#", QoS::AtLeastOnce), ("after/#", QoS::AtLeastOnce)]).await;
+    p.write(b"1\n").await;
+    assert_eq!(sub.next_on("before/").await.payload, "1");
+
+    let hup = |pid: u32| Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    // A broken file first: refused, the process keeps running with what it had.
+    std::fs::write(&file, "ports: [").unwrap();
+    assert!(hup(child.0.id()).success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.write(b"2\n").await;
+    assert_eq!(sub.next_on("before/").await.payload, "2");
+
+    write("after");
+    assert!(hup(child.0.id()).success());
+    // Keep writing until the new map is in place (the signal is handled asynchronously).
+    let mut n = 3;
+    let got = loop {
+        p.write(format!("{n}\n").as_bytes()).await;
+        n += 1;
+        if let Some(g) = sub.next_within(Duration::from_millis(200)).await {
+            if g.topic.starts_with("after/") {
+                break g;
+            }
+        }
+        assert!(n < 50, "the reloaded map never took effect");
+    };
+    assert_eq!(got.topic, "after/n");
+}
