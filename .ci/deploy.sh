@@ -39,7 +39,7 @@ done
 host=$(ls "$work"/*_amd64.deb)
 root="$work/root"
 dpkg -x "$host" "$root"
-for p in usr/bin/ser2mqtt etc/ser2mqtt/ser2mqtt.yaml lib/systemd/system/ser2mqtt.service usr/share/doc/ser2mqtt/examples/nmea-gps.yaml; do
+for p in usr/bin/ser2mqtt etc/ser2mqtt/ser2mqtt.yaml usr/lib/systemd/system/ser2mqtt.service usr/share/doc/ser2mqtt/examples/nmea-gps.yaml; do
     [ -e "$root/$p" ] || { echo "missing in package: /$p" >&2; exit 1; }
 done
 "$root/usr/bin/ser2mqtt" check --config "$root/etc/ser2mqtt/ser2mqtt.yaml"

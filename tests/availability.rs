@@ -123,3 +123,23 @@ async fn clean_shutdown_leaves_port_and_gateway_offline_retained() {
     assert!(seen.contains(&("gw/t/availability".into(), "offline".into())), "{seen:?}");
     assert_eq!(seen.last(), Some(&("gw/status".into(), "offline".into())), "{seen:?}");
 }
+
+#[tokio::test]
+async fn a_serial_device_server_over_tcp_is_read_and_reconnected() {
+    use tokio::io::AsyncWriteExt;
+    let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let device = format!("tcp://{}", server.local_addr().unwrap());
+    let gw = Gateway::start(config_from(&yaml(Path::new(&device)))).await.unwrap();
+    let mut sub = subscribe(addr(&gw), &[("x/#", QoS::AtLeastOnce), ("gw/t/availability", QoS::AtLeastOnce)]).await;
+    let (mut conn, _) = tokio::time::timeout(WAIT, server.accept()).await.unwrap().unwrap();
+    conn.write_all(b"1\n2\n").await.unwrap();
+    assert_eq!(sub.next_on("gw/t/availability").await.payload, "online");
+    assert_eq!(sub.take_on("x/", 2).await.iter().map(|g| g.payload.as_str()).collect::<Vec<_>>(), ["1", "2"]);
+    // The device server drops the connection: offline, then the gateway connects again.
+    drop(conn);
+    assert_eq!(sub.next_on("gw/t/availability").await.payload, "offline");
+    let (mut conn, _) = tokio::time::timeout(WAIT, server.accept()).await.unwrap().unwrap();
+    conn.write_all(b"3\n").await.unwrap();
+    assert_eq!(sub.next_on("x/").await.payload, "3");
+    gw.shutdown().await;
+}

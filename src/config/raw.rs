@@ -118,7 +118,8 @@ pub struct RawAclRule {
 pub struct RawPort {
     /// Fills `{port}` in topics; maps select ports by it.
     pub name: String,
-    /// `/dev/ttyUSB0`, or better a stable link such as `/dev/serial/by-id/…`.
+    /// `/dev/ttyUSB0`, or better a stable link such as `/dev/serial/by-id/…`; or `tcp://HOST:PORT` for a
+    /// serial device server in raw TCP mode (line settings then live on the server).
     pub device: PathBuf,
     #[serde(default = "default_baud_rate")]
     pub baud_rate: u32,

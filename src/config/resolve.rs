@@ -336,6 +336,15 @@ fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> O
     if !topic_name_ok(&raw.name) {
         p.add(&format!("{path}.name"), "must be non-empty and contain none of `/ + # { }`");
     }
+    if let Some(addr) = crate::serial::port::tcp_device(&raw.device) {
+        let ok = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            p.add(
+                &format!("{path}.device"),
+                format!("`tcp://{addr}` needs a host and a port, e.g. `tcp://10.0.0.5:4001`"),
+            );
+        }
+    }
     if raw.baud_rate == 0 {
         p.add(&format!("{path}.baud_rate"), "must be a positive rate such as 9600 or 115200");
     }

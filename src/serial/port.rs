@@ -68,14 +68,17 @@ pub async fn run_port(
     let mut backoff = FIRST_BACKOFF;
     let mut last_error: Option<String> = None;
     loop {
-        match open(&port) {
-            Ok(stream) => {
+        match open(&port).await {
+            Ok(device) => {
                 bump(&stats.opens, 1);
                 let resolved = std::fs::canonicalize(&port.device).unwrap_or_else(|_| port.device.clone());
                 tracing::info!(port = %port.name, device = %port.device.display(), resolved = %resolved.display(), "serial port opened");
                 last_error = None;
                 backoff = FIRST_BACKOFF;
-                let result = read_frames(stream, &port, &tx, &stats, &shutdown).await;
+                let result = match device {
+                    Device::Serial(s) => read_frames(s, &port, &tx, &stats, &shutdown).await,
+                    Device::Tcp(t) => read_frames(t, &port, &tx, &stats, &shutdown).await,
+                };
                 // The stream (and its file descriptor) is dropped here, before any retry.
                 match result {
                     Ok(()) => return,
@@ -102,7 +105,34 @@ pub async fn run_port(
     }
 }
 
-fn open(port: &PortSettings) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
+/// An opened byte source.
+enum Device {
+    Serial(tokio_serial::SerialStream),
+    /// A serial device server (ser2net, ESP-Link, Moxa NPort…) in raw TCP mode: `tcp://HOST:PORT`.
+    Tcp(tokio::net::TcpStream),
+}
+
+/// A device server that does not answer within this long is treated like a missing device (and
+/// retried with backoff) instead of stalling the port task on the kernel's SYN timeout.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `HOST:PORT` of a `tcp://` device, if it is one.
+pub fn tcp_device(device: &std::path::Path) -> Option<&str> {
+    device.to_str()?.strip_prefix("tcp://")
+}
+
+async fn open(port: &PortSettings) -> Result<Device, std::io::Error> {
+    if let Some(addr) = tcp_device(&port.device) {
+        let connect = tokio::net::TcpStream::connect(addr);
+        return match tokio::time::timeout(TCP_CONNECT_TIMEOUT, connect).await {
+            Ok(stream) => Ok(Device::Tcp(stream?)),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+        };
+    }
+    open_serial(port).map(Device::Serial).map_err(std::io::Error::from)
+}
+
+fn open_serial(port: &PortSettings) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
     let path = port.device.to_string_lossy();
     tokio_serial::new(path, port.baud_rate)
         .data_bits(match port.data_bits {
