@@ -47,6 +47,15 @@ pub struct EventFields {
     pub fields: Vec<(String, String)>,
 }
 
+impl EventFields {
+    /// The message and fields of `event`.
+    pub fn of(event: &tracing::Event<'_>) -> EventFields {
+        let mut f = EventFields::default();
+        event.record(&mut f);
+        f
+    }
+}
+
 impl Visit for EventFields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
@@ -67,8 +76,7 @@ impl Visit for EventFields {
 
 impl<S: tracing::Subscriber> Layer<S> for JournalLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        let mut f = EventFields::default();
-        event.record(&mut f);
+        let f = EventFields::of(event);
         let meta = event.metadata();
         let level = match *meta.level() {
             tracing::Level::ERROR => log::Level::Error,
@@ -91,5 +99,33 @@ impl<S: tracing::Subscriber> Layer<S> for JournalLayer {
                 .args(format_args!("{message}"))
                 .build(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    struct Capture(Arc<Mutex<Vec<EventFields>>>);
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+            self.0.lock().unwrap().push(EventFields::of(event));
+        }
+    }
+
+    #[test]
+    fn tracing_fields_become_journal_key_values() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subscriber = tracing_subscriber::registry().with(Capture(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(port = %"gps", device = %"/dev/ttyUSB0", bytes = 12, "garbled input dropped");
+        });
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].message, "garbled input dropped");
+        let fields: Vec<(&str, &str)> = seen[0].fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(fields, [("port", "gps"), ("device", "/dev/ttyUSB0"), ("bytes", "12")]);
+        // systemd-journal-logger upper-cases keys: `journalctl PORT=gps` finds this entry.
     }
 }

@@ -196,3 +196,24 @@ async fn sighup_reloads_the_file_of_a_running_binary() {
     };
     assert_eq!(got.topic, "after/n");
 }
+
+#[tokio::test]
+async fn a_port_whose_settings_changed_is_restarted_on_its_new_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ser2mqtt.yaml");
+    let (mut first, mut second) = (pty(), pty());
+    std::fs::write(&file, yaml(&first.path, "a", None)).unwrap();
+    let mut gw = start(ser2mqtt::config::load(&file).unwrap()).await;
+    let mut sub = subscribe(addr(&gw), &[("a/#", QoS::AtLeastOnce)]).await;
+    first.write(b"1\n").await;
+    assert_eq!(sub.next_on("a/").await.payload, "1");
+
+    std::fs::write(&file, yaml(&second.path, "a", None)).unwrap();
+    assert!(supervisor::reload(&mut gw, &file).await);
+    wait_for("the port reopened on the new device", || gw.stats()[0].1.opens.load(Ordering::Relaxed) == 1).await;
+    second.write(b"2\n").await;
+    assert_eq!(sub.next_on("a/").await.payload, "2");
+    first.write(b"3\n").await; // the old device is no longer read
+    assert_eq!(sub.next_within(Duration::from_millis(300)).await, None);
+    gw.shutdown().await;
+}
