@@ -95,11 +95,12 @@ pub async fn run(config: Config, sup: Supervision, shutdown: impl Future<Output 
 
 /// As `run`, for a gateway already started.
 pub async fn supervise(mut gw: Gateway, sup: Supervision, shutdown: impl Future<Output = ()>) {
+    // Installed first: SIGHUP's default action would end the process.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     gw.ports_tried().await;
     sup.notifier.notify("READY=1\nSTATUS=broker listening, ports opened");
     tracing::info!("ready");
 
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     // Half the period, as sd_watchdog_enabled(3) advises; a day when there is no watchdog (never fires
     // in practice, keeps one select arm).
     let period = sup.watchdog.map_or(Duration::from_secs(86_400), |w| w / 2);
