@@ -10,7 +10,8 @@ case "$target" in
     armv7-unknown-linux-gnueabihf) runner=(qemu-arm-static -L /usr/arm-linux-gnueabihf) ;;
     *) echo "unknown target $target" >&2; exit 2 ;;
 esac
-bin=target/$target/release/ser2mqtt
+tdir=${CARGO_TARGET_DIR:-target}
+bin=$tdir/$target/release/ser2mqtt
 file "$bin"
 "${runner[@]}" "$bin" --version
 for c in configs/*.yaml packaging/ser2mqtt.yaml; do
@@ -29,7 +30,7 @@ tcp=$(free_port)
 mqtt=$(free_port)
 socat PTY,raw,echo=0,link="$dir/sim" TCP-LISTEN:"$tcp",bind=127.0.0.1,reuseaddr >/dev/null 2>&1 & pids+=($!)
 while [ ! -e "$dir/sim" ]; do sleep 0.05; done
-target/release/ser2mqtt simulate --sensor pms5003 --rate 5 --device "$dir/sim" >/dev/null 2>&1 & pids+=($!)
+"$tdir/release/ser2mqtt" simulate --sensor pms5003 --rate 5 --device "$dir/sim" >/dev/null 2>&1 & pids+=($!)
 sed -e "s|device: /dev/serial0|device: tcp://127.0.0.1:$tcp|" configs/pms5003.yaml > "$dir/arm.yaml"
 printf 'broker:\n  listeners: [{ bind: "127.0.0.1:%s" }]\n' "$mqtt" >> "$dir/arm.yaml"
 "${runner[@]}" "$bin" run --config "$dir/arm.yaml" 2>"$dir/gateway.log" &

@@ -5,13 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+tdir=$(realpath "${CARGO_TARGET_DIR:-target}" 2>/dev/null || echo "$(pwd)/target")
 
 echo "== host release build"
 cargo build --locked --release
-ls -l target/release/ser2mqtt
+ls -l "$tdir/release/ser2mqtt"
 
 echo "== systemd unit"
-bin=$(pwd)/target/release/ser2mqtt
+bin=$tdir/release/ser2mqtt
 # verify checks that ExecStart's binary exists; point it at the one just built.
 sed "s|/usr/bin/ser2mqtt|$bin|g" systemd/ser2mqtt.service > "$work/ser2mqtt.service"
 out=$(systemd-analyze verify "$work/ser2mqtt.service" 2>&1 || true)
@@ -23,7 +24,7 @@ systemd-analyze security --offline=true --threshold=25 "$work/ser2mqtt.service" 
 echo "== ARM builds"
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     cargo build --locked --release --target "$t"
-    ls -l "target/$t/release/ser2mqtt"
+    ls -l "$tdir/$t/release/ser2mqtt"
     .ci/arm-smoke.sh "$t"
 done
 
