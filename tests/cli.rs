@@ -3,7 +3,6 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use rumqttc::QoS;
 use tokio::io::AsyncReadExt;
@@ -47,23 +46,10 @@ fn version_is_printed() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ser2mqtt {}", env!("CARGO_PKG_VERSION")));
 }
 
-/// Kills a child we started (by its PID) when dropped, so a failing test leaves nothing behind.
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[tokio::test]
 async fn demo_publishes_simulated_readings_within_seconds_and_stops_on_sigterm() {
     let port = free_port();
-    let mut child = Child(
+    let mut child = ChildGuard(
         Command::new(BIN)
             .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
             .stderr(Stdio::null())
@@ -71,11 +57,7 @@ async fn demo_publishes_simulated_readings_within_seconds_and_stops_on_sigterm()
             .unwrap(),
     );
     let a = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(a).is_err() {
-        assert!(std::time::Instant::now() < deadline, "demo broker never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_listening(a).await;
     let mut sub = subscribe(
         a,
         &[("sensors/demo/gps/satellites", QoS::AtLeastOnce), ("sensors/demo/air/pm2_5", QoS::AtLeastOnce)],

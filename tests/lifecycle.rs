@@ -143,7 +143,7 @@ async fn sighup_reloads_the_file_of_a_running_binary() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ser2mqtt.yaml");
     let mut p = pty();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let bind = format!("127.0.0.1:{port}");
     let dev = p.path.clone();
     let write = |topic: &str| std::fs::write(&file, yaml(&dev, topic, None).replace("127.0.0.1:0", &bind)).unwrap();
@@ -154,20 +154,9 @@ async fn sighup_reloads_the_file_of_a_running_binary() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(child);
+    let child = ChildGuard(child);
     let a: std::net::SocketAddr = bind.parse().unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while std::net::TcpStream::connect(a).is_err() {
-        assert!(std::time::Instant::now() < deadline, "broker never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_listening(a).await;
     let mut sub = subscribe(a, &[("before/#", QoS::AtLeastOnce), ("after/#", QoS::AtLeastOnce)]).await;
     p.write(b"1\n").await;
     assert_eq!(sub.next_on("before/").await.payload, "1");

@@ -201,3 +201,29 @@ impl Subscriber {
 pub fn payloads(v: &[Got]) -> Vec<(&str, &str)> {
     v.iter().map(|g| (g.topic.as_str(), g.payload.as_str())).collect()
 }
+
+/// A free loopback port, for the binary's own listeners (a test process cannot ask it for port 0's
+/// answer); the tiny race with other tests is accepted.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process this test started; killed (by its PID) and reaped when dropped, so a failing test
+/// leaves nothing behind.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "nothing listened on {addr}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
