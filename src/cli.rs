@@ -33,6 +33,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:1883")]
         listen: SocketAddr,
     },
+    /// Read a password from standard input (first line) and print its argon2 hash for
+    /// `broker.users[].password_hash`.
+    HashPassword,
     /// Write a simulated sensor's frames to a serial device or pty.
     Simulate {
         #[arg(long, value_enum)]

@@ -48,6 +48,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             supervisor::run(c, sup, shutdown_signal()).await.context("gateway failed")?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::HashPassword => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!password.is_empty(), "an empty password is not allowed");
+            let hash =
+                ser2mqtt::local_broker::hash_password(password).map_err(|e| anyhow::anyhow!("hashing failed: {e}"))?;
+            println!("{hash}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { listen } => {
             ser2mqtt::logging::init(None);
             ser2mqtt::demo::run(listen, shutdown_signal()).await.context("demo failed")?;

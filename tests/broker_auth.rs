@@ -8,6 +8,8 @@ use rumqttc::{ConnectReturnCode, QoS, SubscribeReasonCode};
 use crate::support::*;
 
 fn yaml(device: &std::path::Path) -> String {
+    // The admin's password is stored only as an argon2 hash, as `ser2mqtt hash-password` prints it.
+    let admin_hash = ser2mqtt::local_broker::hash_password("admin-secret").unwrap();
     format!(
         r##"
 gateway: {{ name: gw }}
@@ -16,19 +18,19 @@ broker:
     - bind: 127.0.0.1:0
   users:
     - {{ username: lan, password: "lan-secret" }}
-    - {{ username: admin, password: "admin-secret" }}
+    - {{ username: admin, password_hash: "{admin_hash}" }}
   acl:
     - {{ user: lan, subscribe: ["sensors/#", "gw/#"] }}
     - {{ user: admin, subscribe: ["#"], publish: ["commands/#"] }}
 ports:
   - name: t
-    device: {}
+    device: {device}
     framing: {{ type: lines }}
     decoder: {{ type: csv, columns: [v] }}
 maps:
   - {{ port: t, topic: "sensors/{{field}}", qos: 1 }}
 "##,
-        device.display()
+        device = device.display()
     )
 }
 
@@ -50,6 +52,10 @@ async fn wrong_password_and_anonymous_get_connack_5_when_users_are_configured() 
     let anonymous = subscribe_with(options(a, "anon"), &[]).await.err();
     assert_eq!(anonymous, Some(ConnectReturnCode::NotAuthorized));
     assert!(subscribe_with(creds(a, "lan", "lan-secret"), &[]).await.is_ok());
+    // A hashed password: the right one connects, a near miss does not.
+    assert!(subscribe_with(creds(a, "admin", "admin-secret"), &[]).await.is_ok());
+    let near = subscribe_with(creds(a, "admin", "admin-secret "), &[]).await.err();
+    assert_eq!(near, Some(ConnectReturnCode::NotAuthorized));
     gw.shutdown().await;
 }
 

@@ -91,3 +91,21 @@ async fn simulate_writes_valid_sds011_frames_to_a_device() {
         assert_eq!(f[2..8].iter().fold(0u8, |a, b| a.wrapping_add(*b)), f[8]);
     }
 }
+
+#[test]
+fn hash_password_prints_an_argon2_hash_that_check_accepts() {
+    use std::io::Write;
+    let mut child =
+        Command::new(BIN).arg("hash-password").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, format!("broker:\n  users:\n    - {{ username: lan, password_hash: \"{hash}\" }}\n"))
+        .unwrap();
+    let check = Command::new(BIN).args(["check", "--config"]).arg(&file).output().unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", String::from_utf8_lossy(&check.stderr));
+}

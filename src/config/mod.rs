@@ -63,10 +63,18 @@ pub struct AclRule {
     pub publish: Vec<String>,
 }
 
+/// How a user's password is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// An argon2 PHC string (`$argon2id$v=19$…`), verified with the argon2 crate.
+    Hash(String),
+    Plain(String),
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerSettings {
     pub listeners: Vec<ListenerSettings>,
-    pub users: Vec<(String, String)>,
+    pub users: Vec<(String, Secret)>,
     pub acl: Vec<AclRule>,
     pub max_queue_len: NonZeroUsize,
     pub max_sessions: NonZeroUsize,

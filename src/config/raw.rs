@@ -97,7 +97,12 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
     pub username: String,
-    pub password: String,
+    /// An argon2 PHC string from `ser2mqtt hash-password` (preferred: the file then holds no password).
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// A plain-text password (quick setups; keep the file readable by the service only).
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,7 +12,7 @@ use serde_yaml::Value;
 use super::raw::*;
 use super::{
     suggest, AclRule, BrokerSettings, Config, GatewaySettings, ListenerSettings, Location, PortSettings, Problems,
-    DEFAULT_LISTENER,
+    Secret, DEFAULT_LISTENER,
 };
 use crate::decode::{binary_width, BinaryField, FrameDecoder};
 use crate::serial::checksum::{Algorithm, Checksum};
@@ -257,8 +257,23 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
         if u.username.is_empty() || !names.insert(u.username.as_str()) {
             p.add(&format!("broker.users[{i}].username"), "usernames must be non-empty and unique");
         }
-        if u.password.is_empty() {
-            p.add(&format!("broker.users[{i}].password"), "an empty password is not allowed");
+        match (&u.password_hash, &u.password) {
+            (Some(h), None) => {
+                if let Err(e) = crate::local_broker::check_hash(h) {
+                    p.add(
+                        &format!("broker.users[{i}].password_hash"),
+                        format!("not an argon2 hash ({e}); make one with `ser2mqtt hash-password`"),
+                    );
+                }
+            }
+            (None, Some(pw)) if pw.is_empty() => {
+                p.add(&format!("broker.users[{i}].password"), "an empty password is not allowed")
+            }
+            (None, Some(_)) => {}
+            _ => p.add(
+                &format!("broker.users[{i}]"),
+                "give exactly one of `password_hash` (from `ser2mqtt hash-password`) or `password`",
+            ),
         }
     }
     let mut acl = Vec::new();
@@ -295,7 +310,17 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
     let max_sessions = nonzero(raw.max_sessions, DEFAULT_MAX_SESSIONS, "max_sessions", p);
     (p.count() == start).then(|| BrokerSettings {
         listeners,
-        users: raw.users.iter().map(|u| (u.username.clone(), u.password.clone())).collect(),
+        users: raw
+            .users
+            .iter()
+            .map(|u| {
+                let secret = match (&u.password_hash, &u.password) {
+                    (Some(h), _) => Secret::Hash(h.clone()),
+                    (None, pw) => Secret::Plain(pw.clone().unwrap_or_default()),
+                };
+                (u.username.clone(), secret)
+            })
+            .collect(),
         acl,
         max_queue_len,
         max_sessions,

@@ -11,7 +11,10 @@
 //! - there is no shutdown API: dropping the run future closes the listeners, and sessions are kicked
 //!   with their ids collected first (kicking while iterating the session map deadlocks).
 
+mod auth;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +26,8 @@ use rmqtt::types::{ClientId, CodecPublish, From as MsgFrom, Id, Publish, QoS, Us
 use rmqtt::utils::timestamp_millis;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
+
+pub use auth::{check_hash, hash_password};
 
 use crate::config::{AclRule, BrokerSettings};
 use crate::topic_map::OutMessage;
@@ -64,6 +69,8 @@ pub struct LocalBroker {
     /// Payloads the health client received on `HEALTH_TOPIC`.
     probe_rx: Mutex<mpsc::Receiver<Bytes>>,
     probe_task: JoinHandle<()>,
+    /// Keeps the password hook registered for the broker's lifetime.
+    _auth: Box<dyn rmqtt::hook::Register>,
 }
 
 impl LocalBroker {
@@ -88,6 +95,12 @@ impl LocalBroker {
         rmqtt_retainer::register(&scx, true, false)
             .await
             .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-retainer", source })?;
+        let register = scx.extends.hook_mgr().register();
+        let users = Arc::new(settings.users.clone());
+        register
+            .add_priority(rmqtt::hook::Type::ClientAuthenticate, auth::PRIORITY, Box::new(auth::UserAuth { users }))
+            .await;
+        register.start().await;
 
         let mut server = MqttServer::new(scx.clone());
         let mut addrs = Vec::new();
@@ -124,7 +137,7 @@ impl LocalBroker {
         ));
         let (probe_tx, probe_rx) = mpsc::channel(16);
         let probe_task = tokio::spawn(probe_client(loopback(addrs[0]), probe_user, probe_pass, probe_tx));
-        Ok(LocalBroker { scx, addrs, from, server: task, probe_rx: Mutex::new(probe_rx), probe_task })
+        Ok(LocalBroker { scx, addrs, from, server: task, probe_rx: Mutex::new(probe_rx), probe_task, _auth: register })
     }
 
     /// Publishes a probe in-process and waits until a real MQTT client, connected over TCP to the first
@@ -231,8 +244,8 @@ async fn probe_client(addr: SocketAddr, user: String, pass: String, tx: mpsc::Se
     }
 }
 
-/// The rmqtt-acl rule list (TOML) for the configured users and ACL. Rules are first-hit; a connect
-/// that hits none is refused (anonymous clients on listeners that allow them never reach the rules).
+/// The rmqtt-acl rule list (TOML) for the topic ACL. Rules are first-hit; a connect that reaches the
+/// rules and hits none is refused (anonymous clients on listeners that allow them never reach them).
 /// The gateway's own health client comes first, allowed on its probe topic only.
 fn acl_rules(settings: &BrokerSettings, probe: (&str, &str)) -> String {
     let q = |s: &str| serde_json::Value::from(s).to_string(); // JSON string escapes are valid TOML
@@ -241,9 +254,7 @@ fn acl_rules(settings: &BrokerSettings, probe: (&str, &str)) -> String {
         format!("[\"allow\", {{ user = {}, password = {} }}, \"connect\"]", q(probe.0), q(probe.1)),
         format!("[\"allow\", {{ user = {} }}, \"subscribe\", [{}]]", q(probe.0), q(HEALTH_TOPIC)),
     ];
-    for (user, password) in &settings.users {
-        rules.push(format!("[\"allow\", {{ user = {}, password = {} }}, \"connect\"]", q(user), q(password)));
-    }
+    // Configured users are authenticated by `auth::UserAuth` before these rules are consulted.
     let who = |r: &AclRule| match &r.user {
         Some(u) => format!("{{ user = {} }}", q(u)),
         None => "\"all\"".to_string(),
