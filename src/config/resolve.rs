@@ -136,7 +136,7 @@ fn section<T: DeserializeOwned>(v: Value, path: &str, p: &mut Problems) -> Optio
 fn explain(path: &str, message: &str) -> (String, String) {
     let backticked = |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(String::from).collect() };
     for (prefix, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
-        if let Some(rest) = message.strip_prefix(prefix) {
+        if message.starts_with(prefix) {
             let names = backticked(&message[prefix.len() - 1..]);
             let Some((typed, valid)) = names.split_first() else { break };
             let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
@@ -150,7 +150,6 @@ fn explain(path: &str, message: &str) -> (String, String) {
             } else {
                 path.to_string()
             };
-            let _ = rest;
             return (at, format!("unknown {what} `{typed}`{hint} (valid: {list})"));
         }
     }
