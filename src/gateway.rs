@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::{start_writer, Acceptor, Bridge, BridgeStatus};
 use crate::config::{Config, PortSettings};
+use crate::store::{Store, StoreError};
 use crate::local_broker::{BrokerError, LocalBroker};
 use crate::serial::port::PortEvent;
 use crate::serial::{run_port, PortStats};
@@ -41,6 +43,8 @@ const FIRST_OPEN_WAIT: Duration = Duration::from_secs(5);
 pub enum GatewayError {
     #[error("embedded broker failed")]
     Broker(#[from] BrokerError),
+    #[error("cannot open the gateway's store")]
+    Store(#[from] StoreError),
 }
 
 /// A port task and what it was started with.
@@ -75,6 +79,15 @@ pub struct Gateway {
     publisher_progress: Arc<AtomicU64>,
     epoch: Instant,
     stats_list: watch::Sender<Vec<(Arc<str>, Arc<PortStats>)>>,
+    durable: Option<Durable>,
+}
+
+/// The store, its group-commit writer and the upstream bridge, when configured.
+struct Durable {
+    store: Arc<Store>,
+    acceptor: Acceptor,
+    writer: JoinHandle<()>,
+    bridge: Option<Bridge>,
 }
 
 impl Gateway {
@@ -85,6 +98,10 @@ impl Gateway {
             tracing::info!(%addr, "MQTT broker listening");
         }
         broker.publish(&status(&config, true)).await?;
+        let durable = match config.store_path() {
+            Some(path) => Some(open_durable(&config, path, &broker).await?),
+            None => None,
+        };
 
         let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.gateway.channel_capacity.get());
@@ -98,7 +115,12 @@ impl Gateway {
             config.gateway.name.clone(),
             progress.clone(),
             epoch,
+            durable.as_ref().map(|d| d.acceptor.clone()),
         ));
+        if let Some(bridge) = durable.as_ref().and_then(|d| d.bridge.as_ref()) {
+            let topic = format!("{}/bridge", config.gateway.status_topic);
+            tokio::spawn(report_bridge(broker.clone(), topic, bridge.status.clone(), config.gateway.stats_interval));
+        }
         let (stats_list, stats_rx) = watch::channel(Vec::new());
         let (b, topic, every, c) =
             (broker.clone(), config.gateway.status_topic.clone(), config.gateway.stats_interval, cancel.clone());
@@ -114,6 +136,7 @@ impl Gateway {
             publisher_progress: progress,
             epoch,
             stats_list,
+            durable,
         };
         for port in config.ports {
             gw.spawn_port(port);
@@ -177,6 +200,16 @@ impl Gateway {
         self.broker.clone()
     }
 
+    /// The upstream bridge's state, if one is configured.
+    pub fn bridge_status(&self) -> Option<BridgeStatus> {
+        self.durable.as_ref().and_then(|d| d.bridge.as_ref()).map(|b| b.status.borrow().clone())
+    }
+
+    /// The queue's figures, if the gateway keeps a store.
+    pub fn queue_status(&self) -> Option<crate::store::QueueStatus> {
+        self.durable.as_ref().map(|d| d.store.status())
+    }
+
     /// Applies a new, already validated configuration without restarting the broker.
     pub async fn reload(&mut self, new: Config) -> ReloadReport {
         let mut report = ReloadReport::default();
@@ -186,6 +219,11 @@ impl Gateway {
         if new.gateway.name != self.config.gateway.name || new.gateway.status_topic != self.config.gateway.status_topic
         {
             report.needs_restart.push("gateway.name/status_topic".into());
+        }
+        if format!("{:?}", new.upstream) != format!("{:?}", self.config.upstream)
+            || new.gateway.state_dir != self.config.gateway.state_dir
+        {
+            report.needs_restart.push("upstream".into());
         }
         let wanted: HashMap<Arc<str>, &PortSettings> = new.ports.iter().map(|p| (p.name.clone(), p)).collect();
         let names: Vec<Arc<str>> = self.ports.keys().cloned().collect();
@@ -222,11 +260,13 @@ impl Gateway {
         }
         self.maps.send_replace(Arc::new(new.maps.clone()));
         self.publish_stats_list();
-        let (broker, gateway) = (self.config.broker.clone(), self.config.gateway.clone());
+        let (broker, gateway, upstream) =
+            (self.config.broker.clone(), self.config.gateway.clone(), self.config.upstream.clone());
         self.config = new;
         // Restart-only settings stay as they run until the restart.
         self.config.broker = broker;
         self.config.gateway = gateway;
+        self.config.upstream = upstream;
         for list in [&mut report.started, &mut report.restarted, &mut report.stopped, &mut report.unchanged] {
             list.sort();
         }
@@ -236,13 +276,22 @@ impl Gateway {
     /// Stops in order (ports, publisher drain, `offline`, broker) within `SHUTDOWN_GRACE`.
     pub async fn shutdown(self) {
         self.cancel.cancel();
-        let Gateway { config, broker, ports, tx, publisher, .. } = self;
+        let Gateway { config, broker, ports, tx, publisher, durable, .. } = self;
         drop(tx);
         let drain = async {
             for (_, p) in ports {
                 let _ = p.task.await;
             }
             let _ = publisher.await;
+            if let Some(d) = durable {
+                // The publisher's handle is gone with it; dropping ours lets the writer commit the
+                // last batch and end. Then the bridge says `offline` upstream and disconnects.
+                drop(d.acceptor);
+                let _ = d.writer.await;
+                if let Some(b) = d.bridge {
+                    b.stop().await;
+                }
+            }
             if let Err(e) = broker.publish(&status(&config, false)).await {
                 tracing::warn!(error = %e, "could not publish offline status");
             }
@@ -275,6 +324,7 @@ async fn publish_loop(
     gateway: String,
     progress: Arc<AtomicU64>,
     epoch: Instant,
+    durable: Option<Acceptor>,
 ) {
     let mut out = Vec::new();
     loop {
@@ -298,6 +348,9 @@ async fn publish_loop(
                     if let Err(e) = broker.publish(&msg).await {
                         tracing::error!(topic = %msg.topic, error = %e, "reading not published");
                     }
+                    if let Some(d) = &durable {
+                        d.submit(&msg, true).await;
+                    }
                 }
             }
             PortEvent::Availability { port, topic, online } => {
@@ -306,6 +359,11 @@ async fn publish_loop(
                 let msg = OutMessage { topic, payload, qos: 1, retain: true };
                 if let Err(e) = broker.publish(&msg).await {
                     tracing::error!(topic = %msg.topic, error = %e, "availability not published");
+                }
+                if let Some(d) = &durable {
+                    // Forwarded upstream if a rule takes it, but not kept across restarts: after a
+                    // restart the port reports its own state.
+                    d.submit(&msg, false).await;
                 }
             }
         }
@@ -335,6 +393,63 @@ async fn report_stats(
                 retain: true,
             };
             let _ = broker.publish(&msg).await;
+        }
+    }
+}
+
+/// Opens the store, republishes the retained readings it kept, and starts the writer and bridge.
+async fn open_durable(
+    config: &Config,
+    path: std::path::PathBuf,
+    broker: &Arc<LocalBroker>,
+) -> Result<Durable, GatewayError> {
+    let limits = config.upstream.as_ref().map(|u| u.queue.clone());
+    let store = tokio::task::spawn_blocking(move || Store::open(&path, limits))
+        .await
+        .expect("store open does not panic")?;
+    let store = Arc::new(store);
+    let kept = {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.retained()).await.expect("store read does not panic")?
+    };
+    for r in &kept {
+        let msg = OutMessage { topic: r.topic.clone(), payload: r.payload.clone(), qos: r.qos, retain: true };
+        broker.publish(&msg).await?;
+    }
+    let q = store.status();
+    tracing::info!(path = %store.path().display(), retained = kept.len(), queued = q.depth, bytes = q.bytes, "store opened");
+    let upstream = config.upstream.clone().map(Arc::new);
+    let committed = Arc::new(tokio::sync::Notify::new());
+    let interval = upstream.as_ref().map(|u| u.queue.commit_interval).unwrap_or(Duration::from_millis(100));
+    let (acceptor, writer) = start_writer(store.clone(), upstream.clone(), interval, committed.clone());
+    let bridge = upstream.map(|u| Bridge::start(u, store.clone(), committed, broker.clone()));
+    Ok(Durable { store, acceptor, writer, bridge })
+}
+
+/// Publishes the bridge's state, retained, when it changes (at most once a second, since the queue
+/// depth changes with every reading) and at least every `every`.
+async fn report_bridge(
+    broker: Arc<LocalBroker>,
+    topic: String,
+    mut status: watch::Receiver<BridgeStatus>,
+    every: Duration,
+) {
+    // Fast enough to follow an outage by eye, slow enough not to add a message per reading.
+    const MIN_SPACING: Duration = Duration::from_secs(1);
+    loop {
+        let snapshot = status.borrow_and_update().clone();
+        let msg = OutMessage {
+            topic: topic.clone(),
+            payload: serde_json::to_vec(&snapshot).unwrap_or_default().into(),
+            qos: 0,
+            retain: true,
+        };
+        if broker.publish(&msg).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(MIN_SPACING).await;
+        if let Ok(Err(_)) = tokio::time::timeout(every, status.changed()).await {
+            return;
         }
     }
 }

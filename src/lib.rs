@@ -9,6 +9,7 @@
 //! (systemd notify and watchdog, SIGHUP); `demo` and `simulate` provide sensors for
 //! people without hardware; `logging` sets up tracing. `main.rs` only parses the command line.
 
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod decode;
@@ -18,5 +19,6 @@ pub mod local_broker;
 pub mod logging;
 pub mod serial;
 pub mod simulate;
+pub mod store;
 pub mod supervisor;
 pub mod topic_map;

@@ -9,6 +9,7 @@
 pub mod locate;
 pub mod raw;
 mod resolve;
+pub mod upstream;
 pub mod summary;
 
 use std::fmt;
@@ -38,6 +39,18 @@ pub struct Config {
     pub broker: BrokerSettings,
     pub ports: Vec<PortSettings>,
     pub maps: Vec<TopicMap>,
+    pub upstream: Option<upstream::UpstreamSettings>,
+}
+
+impl Config {
+    /// The gateway's SQLite store (queue and retained readings), if it keeps one.
+    pub fn store_path(&self) -> Option<PathBuf> {
+        match (&self.upstream, &self.gateway.state_dir) {
+            (Some(u), _) => Some(u.queue.path.clone()),
+            (None, Some(dir)) => Some(dir.join("queue.db")),
+            (None, None) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +60,7 @@ pub struct GatewaySettings {
     pub status_topic: String,
     pub channel_capacity: NonZeroUsize,
     pub stats_interval: Duration,
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 /// The top-level keys, each kept as a raw YAML value so that one bad section does not hide the
 /// problems in the others (every section is deserialized, and reported, on its own).
-pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "log", "broker", "ports", "maps"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "log", "broker", "upstream", "ports", "maps"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +30,10 @@ pub struct RawGateway {
     /// How often per-port counters are published (retained JSON under the status topic).
     #[serde(default = "default_stats_interval", with = "humantime_serde")]
     pub stats_interval: Duration,
+    /// Where the gateway keeps its queue and last retained readings. With `upstream:` it defaults to
+    /// `$STATE_DIRECTORY` or `/var/lib/ser2mqtt`; without, nothing is stored unless this is set.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for RawGateway {
@@ -39,6 +43,7 @@ impl Default for RawGateway {
             status_topic: default_status_topic(),
             channel_capacity: default_channel_capacity(),
             stats_interval: default_stats_interval(),
+            state_dir: None,
         }
     }
 }

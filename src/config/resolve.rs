@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::raw::*;
+use super::upstream::{resolve_upstream, RawUpstream};
 use super::{
     suggest, AclRule, BrokerSettings, Config, GatewaySettings, ListenerSettings, Location, PortSettings, Problems,
     Secret, DEFAULT_LISTENER,
@@ -50,8 +51,8 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
         }
     }
     let mut take = |k: &str| top.remove(k).unwrap_or(Value::Null);
-    let (gateway_v, log_v, broker_v, ports_v, maps_v) =
-        (take("gateway"), take("log"), take("broker"), take("ports"), take("maps"));
+    let (gateway_v, log_v, broker_v, upstream_v, ports_v, maps_v) =
+        (take("gateway"), take("log"), take("broker"), take("upstream"), take("ports"), take("maps"));
 
     let gateway: RawGateway = section(gateway_v, "gateway", p).unwrap_or_default();
     let log: RawLog = section(log_v, "log", p).unwrap_or_default();
@@ -66,6 +67,12 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
         }
     }
     let broker = broker.and_then(|b| resolve_broker(&b, p));
+    let upstream = if upstream_v.is_null() {
+        None
+    } else {
+        section::<RawUpstream>(upstream_v, "upstream", p)
+            .and_then(|u| resolve_upstream(&u, &gateway.name, gateway.state_dir.as_deref(), p))
+    };
 
     // Names of every port, even those whose section failed, so maps are not blamed for it.
     let all_port_names: Vec<String> =
@@ -96,7 +103,7 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
             }
         }
     }
-    Some(Config { gateway, log_level: log.level, broker: broker?, ports, maps })
+    Some(Config { gateway, log_level: log.level, broker: broker?, ports, maps, upstream })
 }
 
 /// A message for an unknown key, with the nearest valid one.
@@ -190,7 +197,13 @@ fn resolve_gateway(raw: &RawGateway, p: &mut Problems) -> GatewaySettings {
     if raw.stats_interval.is_zero() {
         p.add("gateway.stats_interval", "must be longer than 0s, e.g. `30s`");
     }
-    GatewaySettings { name: raw.name.clone(), status_topic, channel_capacity, stats_interval: raw.stats_interval }
+    GatewaySettings {
+        name: raw.name.clone(),
+        status_topic,
+        channel_capacity,
+        stats_interval: raw.stats_interval,
+        state_dir: raw.state_dir.clone(),
+    }
 }
 
 /// Renders a template that may only use the given placeholders.
@@ -327,7 +340,7 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
 }
 
 /// MQTT topic filter rules: non-empty, `#` only as the whole last level, `+` only as a whole level.
-fn check_filter(f: &str) -> Result<(), String> {
+pub(super) fn check_filter(f: &str) -> Result<(), String> {
     let levels: Vec<&str> = f.split('/').collect();
     let bad = f.is_empty()
         || levels

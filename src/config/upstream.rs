@@ -1,0 +1,493 @@
+//! The `upstream:` section: the cloud broker the gateway bridges to, which topics go up (and come
+//! down), and the durable queue in between. Raw serde structs and their validation live together here
+//! because nothing else in the configuration refers to them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use super::Problems;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Host name or address of the cloud broker.
+    pub host: String,
+    /// Default 8883 with TLS, 1883 without.
+    pub port: Option<u16>,
+    /// `{gateway}` is filled in. The broker keeps the session under this id (clean_session=false),
+    /// so it must be unique per gateway.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    /// TCP connect, TLS handshake and CONNACK together must finish within this.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// TLS is on unless `enabled: false` is written out; there is no "skip verification" switch.
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub reconnect: RawReconnect,
+    /// Retained `online` once connected, retained `offline` as the will and on a clean stop.
+    #[serde(default = "default_status_topic")]
+    pub status_topic: String,
+    /// Which local topics go up; a message goes up once, by the first rule whose filter matches.
+    #[serde(default = "default_forward")]
+    pub forward: Vec<RawForward>,
+    /// Cloud topics the gateway subscribes to and republishes into the local broker.
+    #[serde(default)]
+    pub downlink: Vec<RawDownlink>,
+    #[serde(default)]
+    pub queue: RawQueue,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// PEM file of the CA(s) that signed the broker's certificate; without it the system's roots
+    /// (`/etc/ssl/certs`) are used.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and its private key, for brokers that require mutual TLS
+    /// (AWS IoT Core does).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        RawTls { enabled: true, ca_file: None, client_cert: None, client_key: None }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReconnect {
+    #[serde(default = "default_backoff_min", with = "humantime_serde")]
+    pub min: Duration,
+    #[serde(default = "default_backoff_max", with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for RawReconnect {
+    fn default() -> Self {
+        RawReconnect { min: default_backoff_min(), max: default_backoff_max() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    /// Local topic filter (`sensors/#`).
+    pub filter: String,
+    /// Put in front of the local topic upstream; `{gateway}` is filled in (`sites/{gateway}/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// Upstream QoS. 0 leaves the queue as soon as it is written to the socket (no acknowledgement
+    /// exists), so only 1 and 2 carry the no-loss promise.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    #[serde(default)]
+    pub retain: RetainPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetainPolicy {
+    /// As the local message had it.
+    #[default]
+    Keep,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDownlink {
+    /// Cloud topic filter; `{gateway}` is filled in.
+    pub filter: String,
+    /// Removed from the front of the cloud topic before it is published locally.
+    #[serde(default)]
+    pub strip_prefix: String,
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQueue {
+    /// Where `queue.db` lives; default `$STATE_DIRECTORY` (set by systemd) or `/var/lib/ser2mqtt`.
+    pub dir: Option<PathBuf>,
+    /// Disk the queue may use (topics + payloads); `64 MiB` holds about a week of 10 readings/min.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Readings older than this are dropped (counted) rather than sent.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(default)]
+    pub when_full: WhenFull,
+    /// Readings are written in one transaction per this interval: what a power cut can lose.
+    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    pub commit_interval: Duration,
+    #[serde(default)]
+    pub sync: SyncMode,
+    /// Messages per second when replaying a backlog after an outage.
+    #[serde(default = "default_replay_rate")]
+    pub replay_rate: u32,
+    /// Messages sent but not yet acknowledged.
+    #[serde(default = "default_inflight")]
+    pub inflight: u16,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            dir: None,
+            max_bytes: default_max_bytes(),
+            max_age: default_max_age(),
+            when_full: WhenFull::default(),
+            commit_interval: default_commit_interval(),
+            sync: SyncMode::default(),
+            replay_rate: default_replay_rate(),
+            inflight: default_inflight(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Make room by deleting the oldest queued readings.
+    #[default]
+    DropOldest,
+    /// Keep the backlog; refuse new readings until there is room.
+    RejectNewest,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// fsync at every commit: a power cut loses at most one commit interval.
+    #[default]
+    Full,
+    /// Leave flushing to the OS (SQLite `synchronous=NORMAL`): a crash of the gateway loses nothing
+    /// committed, a power cut may lose everything since the last WAL checkpoint.
+    Normal,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_client_id() -> String {
+    "ser2mqtt-{gateway}".into()
+}
+fn default_keepalive() -> Duration {
+    // A dead link (black hole) is noticed after about 1.5 keepalives; 30 s is the common cloud choice.
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    // A TLS handshake over a slow cellular link takes a few seconds; longer means the link is bad.
+    Duration::from_secs(10)
+}
+fn default_backoff_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_backoff_max() -> Duration {
+    // Caps the wait after a long outage so recovery is noticed within a minute.
+    Duration::from_secs(60)
+}
+fn default_status_topic() -> String {
+    "{gateway}/status".into()
+}
+fn default_forward() -> Vec<RawForward> {
+    vec![RawForward { filter: "#".into(), prefix: String::new(), qos: 1, retain: RetainPolicy::Keep }]
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize::mib(64)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(100)
+}
+fn default_replay_rate() -> u32 {
+    // Well above any serial sensor's rate, so a backlog shrinks; well below what a cloud broker
+    // throttles (AWS IoT allows 100 publishes/s per connection by default — lower it there).
+    500
+}
+fn default_inflight() -> u16 {
+    100
+}
+
+/// The validated `upstream:` section.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub keepalive: Duration,
+    pub connect_timeout: Duration,
+    pub credentials: Option<(String, String)>,
+    /// None: plain TCP (written out as `tls: {enabled: false}`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub status_topic: String,
+    pub forward: Vec<ForwardRule>,
+    pub downlink: Vec<DownlinkRule>,
+    pub queue: QueueSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardRule {
+    pub filter: String,
+    pub prefix: String,
+    pub qos: u8,
+    pub retain: RetainPolicy,
+}
+
+impl UpstreamSettings {
+    /// The upstream topic, QoS and retain flag for a local message, if a rule takes it.
+    pub fn route(&self, topic: &str, retain: bool) -> Option<(String, u8, bool)> {
+        let rule = self.forward.iter().find(|r| rumqttc::matches(topic, &r.filter))?;
+        let retain = match rule.retain {
+            RetainPolicy::Keep => retain,
+            RetainPolicy::Always => true,
+            RetainPolicy::Never => false,
+        };
+        Some((format!("{}{topic}", rule.prefix), rule.qos, retain))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownlinkRule {
+    pub filter: String,
+    pub strip_prefix: String,
+    pub qos: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub when_full: WhenFull,
+    pub commit_interval: Duration,
+    pub sync: SyncMode,
+    pub replay_rate: u32,
+    pub inflight: u16,
+}
+
+/// The state directory when the config names none: systemd's `StateDirectory=`, else the FHS place.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(|v| PathBuf::from(v.to_string_lossy().split(':').next().unwrap_or_default()))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/ser2mqtt"))
+}
+
+pub(super) fn resolve_upstream(
+    raw: &RawUpstream,
+    gateway: &str,
+    state_dir: Option<&Path>,
+    p: &mut Problems,
+) -> Option<UpstreamSettings> {
+    let fill = |s: &str| s.replace("{gateway}", gateway);
+    if raw.host.trim().is_empty() {
+        p.add("upstream.host", "must name the cloud broker, e.g. `mqtt.example.com`");
+    }
+    let client_id = fill(&raw.client_id);
+    if client_id.is_empty() || client_id.len() > 65535 {
+        p.add("upstream.client_id", "must be non-empty (the cloud broker keeps the session under it)");
+    }
+    if raw.keepalive < Duration::from_secs(1) || raw.keepalive > Duration::from_secs(65535) {
+        p.add("upstream.keepalive", "must be between 1s and 18h (MQTT counts it in whole seconds)");
+    }
+    if raw.connect_timeout < Duration::from_secs(1) {
+        p.add("upstream.connect_timeout", "must be at least 1s");
+    }
+    if raw.reconnect.min.is_zero() || raw.reconnect.min > raw.reconnect.max {
+        p.add("upstream.reconnect.min", "must be above 0s and no more than `reconnect.max`");
+    }
+    let credentials = match (&raw.username, &raw.password) {
+        (Some(u), pw) => Some((u.clone(), pw.clone().unwrap_or_default())),
+        (None, Some(_)) => {
+            p.add("upstream.password", "a password needs a `username` as well");
+            None
+        }
+        (None, None) => None,
+    };
+    let tls = if raw.tls.enabled { build_tls(&raw.tls, p) } else { None };
+    let status_topic = fill(&raw.status_topic);
+    if status_topic.is_empty() || status_topic.contains(['+', '#']) {
+        p.add("upstream.status_topic", "must be a topic name without wildcards");
+    }
+    if raw.forward.is_empty() {
+        p.add("upstream.forward", "needs at least one rule such as `- filter: \"#\"` (or remove `upstream:`)");
+    }
+    let mut forward = Vec::new();
+    for (i, r) in raw.forward.iter().enumerate() {
+        let path = format!("upstream.forward[{i}]");
+        if let Err(e) = super::resolve::check_filter(&r.filter) {
+            p.add(&format!("{path}.filter"), e);
+        }
+        let prefix = fill(&r.prefix);
+        if prefix.contains(['+', '#']) {
+            p.add(&format!("{path}.prefix"), "must not contain wildcards");
+        }
+        if r.qos > 2 {
+            p.add(&format!("{path}.qos"), "must be 0, 1 or 2");
+        }
+        forward.push(ForwardRule { filter: r.filter.clone(), prefix, qos: r.qos, retain: r.retain });
+    }
+    let mut downlink = Vec::new();
+    for (i, r) in raw.downlink.iter().enumerate() {
+        let path = format!("upstream.downlink[{i}]");
+        let filter = fill(&r.filter);
+        if let Err(e) = super::resolve::check_filter(&filter) {
+            p.add(&format!("{path}.filter"), e);
+        }
+        if r.qos > 2 {
+            p.add(&format!("{path}.qos"), "must be 0, 1 or 2");
+        }
+        downlink.push(DownlinkRule { filter, strip_prefix: fill(&r.strip_prefix), qos: r.qos });
+    }
+    let q = &raw.queue;
+    if q.max_bytes.as_u64() < 64 * 1024 {
+        p.add("upstream.queue.max_bytes", "must be at least 64 KiB");
+    }
+    if q.max_age.is_zero() {
+        p.add("upstream.queue.max_age", "must be longer than 0s, e.g. `7d`");
+    }
+    if q.commit_interval > Duration::from_secs(10) {
+        p.add("upstream.queue.commit_interval", "must be 10s or less (it is what a power cut can lose)");
+    }
+    if q.replay_rate == 0 {
+        p.add("upstream.queue.replay_rate", "must be at least 1 message per second");
+    }
+    if q.inflight == 0 || q.inflight > 1000 {
+        p.add("upstream.queue.inflight", "must be between 1 and 1000");
+    }
+    let dir = q.dir.clone().or_else(|| state_dir.map(Path::to_path_buf)).unwrap_or_else(default_state_dir);
+    let queue = QueueSettings {
+        path: dir.join("queue.db"),
+        max_bytes: q.max_bytes.as_u64(),
+        max_age: q.max_age,
+        when_full: q.when_full,
+        commit_interval: q.commit_interval,
+        sync: q.sync,
+        replay_rate: q.replay_rate,
+        inflight: q.inflight,
+    };
+    let port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
+    Some(UpstreamSettings {
+        host: raw.host.clone(),
+        port,
+        client_id,
+        keepalive: raw.keepalive,
+        connect_timeout: raw.connect_timeout,
+        credentials,
+        tls,
+        backoff_min: raw.reconnect.min,
+        backoff_max: raw.reconnect.max,
+        status_topic,
+        forward,
+        downlink,
+        queue,
+    })
+}
+
+/// Builds the rustls client configuration now, so a missing or unreadable certificate is a config
+/// error at `check` time, located at its key, rather than a reconnect loop later.
+fn build_tls(raw: &RawTls, p: &mut Problems) -> Option<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &raw.ca_file {
+        Some(path) => {
+            let certs = read_certs(path, "upstream.tls.ca_file", p)?;
+            for c in certs {
+                if let Err(e) = roots.add(c) {
+                    p.add("upstream.tls.ca_file", format!("{}: not a usable CA certificate: {e}", path.display()));
+                    return None;
+                }
+            }
+        }
+        None => {
+            // Unreadable entries in the system store are skipped, as OpenSSL does.
+            let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().unwrap_or_default());
+            if added == 0 {
+                p.add(
+                    "upstream.tls",
+                    "no system CA certificates found (install `ca-certificates`) and no `ca_file` given",
+                );
+                return None;
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match (&raw.client_cert, &raw.client_key) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert), Some(key)) => {
+            let chain = read_certs(cert, "upstream.tls.client_cert", p)?;
+            let key_pem = read_file(key, "upstream.tls.client_key", p)?;
+            let key_der = match rustls_pemfile::private_key(&mut key_pem.as_slice()) {
+                Ok(Some(k)) => k,
+                _ => {
+                    p.add("upstream.tls.client_key", format!("{}: no PEM private key found", key.display()));
+                    return None;
+                }
+            };
+            match builder.with_client_auth_cert(chain, key_der) {
+                Ok(c) => c,
+                Err(e) => {
+                    p.add("upstream.tls.client_key", format!("does not match `client_cert`: {e}"));
+                    return None;
+                }
+            }
+        }
+        (Some(_), None) => {
+            p.add("upstream.tls.client_cert", "needs `client_key` as well");
+            return None;
+        }
+        (None, Some(_)) => {
+            p.add("upstream.tls.client_key", "needs `client_cert` as well");
+            return None;
+        }
+    };
+    Some(Arc::new(config))
+}
+
+fn read_file(path: &Path, key: &str, p: &mut Problems) -> Option<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            p.add(key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+fn read_certs(path: &Path, key: &str, p: &mut Problems) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+    let pem = read_file(path, key, p)?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Some(c),
+        Ok(_) => {
+            p.add(key, format!("{}: no PEM certificate found", path.display()));
+            None
+        }
+        Err(e) => {
+            p.add(key, format!("{}: not a PEM certificate file: {e}", path.display()));
+            None
+        }
+    }
+}
