@@ -33,6 +33,11 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:1883")]
         listen: SocketAddr,
     },
+    /// Inspect the durable upstream queue (works while the gateway runs).
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
     /// Read a password from standard input (first line) and print its argon2 hash for
     /// `broker.users[].password_hash`.
     HashPassword,
@@ -50,5 +55,17 @@ pub enum Command {
         count: Option<u64>,
         #[arg(long, default_value_t = 9600)]
         baud: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Depth, bytes, oldest age and drop counters of the queue the configuration names.
+    Status {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }

@@ -19,10 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::{start_writer, Acceptor, Bridge, BridgeStatus};
 use crate::config::{Config, PortSettings};
-use crate::store::{Store, StoreError};
 use crate::local_broker::{BrokerError, LocalBroker};
 use crate::serial::port::PortEvent;
 use crate::serial::{run_port, PortStats};
+use crate::store::{Store, StoreError};
 use crate::topic_map::{OutMessage, TopicMap};
 
 /// Everything still running after this long in shutdown is abandoned (systemd's stop timeout is 90 s;
@@ -404,9 +404,8 @@ async fn open_durable(
     broker: &Arc<LocalBroker>,
 ) -> Result<Durable, GatewayError> {
     let limits = config.upstream.as_ref().map(|u| u.queue.clone());
-    let store = tokio::task::spawn_blocking(move || Store::open(&path, limits))
-        .await
-        .expect("store open does not panic")?;
+    let store =
+        tokio::task::spawn_blocking(move || Store::open(&path, limits)).await.expect("store open does not panic")?;
     let store = Arc::new(store);
     let kept = {
         let s = store.clone();

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use ser2mqtt::cli::{Cli, Command};
+use ser2mqtt::cli::{Cli, Command, QueueCommand};
 use ser2mqtt::config::{self, LoadError};
 use ser2mqtt::supervisor::{self, Notifier, Supervision};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +46,33 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 watchdog: supervisor::watchdog_from_env(),
             };
             supervisor::run(c, sup, shutdown_signal()).await.context("gateway failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { command: QueueCommand::Status { config, json } } => {
+            let c = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(report(e)),
+            };
+            let path = c.store_path().context("the configuration has no `upstream:` and no `gateway.state_dir`")?;
+            if !path.exists() {
+                anyhow::bail!("no queue at {} yet (the gateway creates it on start)", path.display());
+            }
+            let s = ser2mqtt::store::Store::read_status(&path).context("reading the queue")?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!("queue      {}", path.display());
+                println!("depth      {} messages, {} bytes", s.depth, s.bytes);
+                match s.oldest_age_s {
+                    Some(a) => println!("oldest     {a:.1} s ago"),
+                    None => println!("oldest     (empty)"),
+                }
+                println!("accepted   {}   delivered {}", s.accepted, s.delivered);
+                println!(
+                    "dropped    {} (queue full)   {} (max_age)   rejected {} (queue full)   corrupted {}",
+                    s.dropped_full, s.dropped_age, s.rejected_full, s.corrupted
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::HashPassword => {

@@ -182,10 +182,8 @@ impl Store {
             .map_err(err)?;
         let mut counters = Counters::default();
         let mut stmt = conn.prepare("SELECT name, value FROM counters").map_err(err)?;
-        for (name, value) in stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(err)?
-            .flatten()
+        for (name, value) in
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(err)?.flatten()
         {
             counters.bump(&name, value as u64);
         }
@@ -401,9 +399,7 @@ impl Store {
             let mut del =
                 tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING size").map_err(|e| self.err(e))?;
             for id in ids {
-                if let Some(size) =
-                    del.query_row([id], |r| r.get::<_, i64>(0)).optional().map_err(|e| self.err(e))?
-                {
+                if let Some(size) = del.query_row([id], |r| r.get::<_, i64>(0)).optional().map_err(|e| self.err(e))? {
                     removed += 1;
                     inner.depth = inner.depth.saturating_sub(1);
                     inner.bytes = inner.bytes.saturating_sub(size as u64);

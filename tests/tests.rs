@@ -10,3 +10,4 @@ mod config_errors;
 mod garbage;
 mod lifecycle;
 mod sensors;
+mod upstream;

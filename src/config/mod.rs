@@ -9,8 +9,8 @@
 pub mod locate;
 pub mod raw;
 mod resolve;
-pub mod upstream;
 pub mod summary;
+pub mod upstream;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -363,8 +363,8 @@ pub(super) fn resolve_upstream(
         downlink.push(DownlinkRule { filter, strip_prefix: fill(&r.strip_prefix), qos: r.qos });
     }
     let q = &raw.queue;
-    if q.max_bytes.as_u64() < 64 * 1024 {
-        p.add("upstream.queue.max_bytes", "must be at least 64 KiB");
+    if q.max_bytes.as_u64() < 1024 {
+        p.add("upstream.queue.max_bytes", "must be at least 1 KiB");
     }
     if q.max_age.is_zero() {
         p.add("upstream.queue.max_age", "must be longer than 0s, e.g. `7d`");
@@ -423,7 +423,8 @@ fn build_tls(raw: &RawTls, p: &mut Problems) -> Option<Arc<rustls::ClientConfig>
         }
         None => {
             // Unreadable entries in the system store are skipped, as OpenSSL does.
-            let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().unwrap_or_default());
+            let (added, _) =
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().unwrap_or_default());
             if added == 0 {
                 p.add(
                     "upstream.tls",

@@ -1,0 +1,400 @@
+//! The upstream bridge and its durable queue against a real Mosquitto, through a proxy that really
+//! cuts the link. Every scenario asserts the exact set of readings the cloud subscriber received, in
+//! order, and counts duplicates (delivery is at least once).
+
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rumqttc::QoS;
+use ser2mqtt::gateway::Gateway;
+use tempfile::TempDir;
+
+use crate::support::cloud::{pki, Link, Mosquitto, Proxy};
+use crate::support::*;
+
+/// The cloud topic readings of port `a` arrive on.
+const UP: &str = "sites/gw/s/n";
+
+/// A gateway reading integers from `dev`, bridging to `up` with its store in `dir`. `more` is added
+/// under `upstream:` (indented by the caller).
+fn yaml(dev: &Path, dir: &Path, up: std::net::SocketAddr, more: &str) -> String {
+    format!(
+        r#"
+gateway: {{ name: gw, state_dir: "{dir}" }}
+broker: {{ listeners: [{{ bind: "127.0.0.1:0" }}] }}
+upstream:
+  host: 127.0.0.1
+  port: {port}
+  # Short keepalive and backoff so a cut is noticed and healed within a test's patience.
+  keepalive: 1s
+  connect_timeout: 2s
+  reconnect: {{ min: 100ms, max: 400ms }}
+  forward: [{{ filter: "s/#", prefix: "sites/{{gateway}}/", qos: 1 }}]
+{more}
+ports:
+  - name: a
+    device: {dev}
+    framing: {{ type: lines }}
+    decoder: {{ type: csv, columns: [n] }}
+maps:
+  - {{ port: a, topic: "s/{{field}}", qos: 1 }}
+"#,
+        dir = dir.display(),
+        port = up.port(),
+        dev = dev.display(),
+    )
+}
+
+fn plain(more: &str) -> String {
+    format!("  tls: {{ enabled: false }}\n{more}")
+}
+
+async fn write_range(p: &mut Pty, range: std::ops::RangeInclusive<u32>) {
+    for i in range {
+        p.write(format!("{i}\n").as_bytes()).await;
+    }
+}
+
+/// Collects readings on `UP` (in arrival order, into `seen`) until every value in `want` arrived.
+async fn collect(sub: &mut Subscriber, seen: &mut Vec<u32>, want: RangeInclusive<u32>, patience: Duration) {
+    let deadline = tokio::time::Instant::now() + patience;
+    while !want.clone().all(|v| seen.contains(&v)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(g) = sub.next_within(left).await else {
+            panic!("readings {want:?} expected; arrived: {seen:?}");
+        };
+        if g.topic == UP {
+            assert_eq!(g.qos, QoS::AtLeastOnce, "upstream QoS as the forward rule says");
+            seen.push(g.payload.parse().unwrap());
+        }
+    }
+}
+
+/// Asserts `seen` holds exactly `expected` (each at least once), first arrivals in order, and
+/// returns the number of duplicates.
+fn check_exact(seen: &[u32], expected: impl IntoIterator<Item = u32>) -> usize {
+    let mut firsts = Vec::new();
+    for v in seen {
+        if !firsts.contains(v) {
+            firsts.push(*v);
+        }
+    }
+    let expected: Vec<u32> = expected.into_iter().collect();
+    assert_eq!(firsts, expected, "each reading once, in the order it was read");
+    seen.len() - firsts.len()
+}
+
+async fn wait_disconnected(gw: &Gateway) {
+    wait_for("bridge notices the cut", || gw.bridge_status().is_some_and(|s| !s.connected)).await;
+}
+
+async fn wait_depth(gw: &Gateway, n: u64) {
+    wait_for(&format!("{n} messages queued"), || gw.queue_status().is_some_and(|q| q.depth >= n)).await;
+}
+
+struct Setup {
+    dir: TempDir,
+    cloud: Mosquitto,
+    proxy: Proxy,
+    sub: Subscriber,
+    pty: Pty,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Mosquitto::start(dir.path(), "").await;
+    let proxy = Proxy::start(cloud.addr()).await;
+    let sub = subscribe(cloud.addr(), &[("sites/#", QoS::AtLeastOnce)]).await;
+    Setup { dir, cloud, proxy, sub, pty: pty() }
+}
+
+#[tokio::test]
+async fn readings_during_a_refused_outage_all_arrive_after_it_in_order() {
+    let mut s = setup().await;
+    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain("")))).await;
+    let mut seen = Vec::new();
+    write_range(&mut s.pty, 1..=20).await;
+    collect(&mut s.sub, &mut seen, 1..=20, WAIT).await;
+
+    s.proxy.set(Link::Refuse);
+    wait_disconnected(&gw).await;
+    write_range(&mut s.pty, 21..=150).await;
+    wait_depth(&gw, 130).await;
+    s.proxy.set(Link::Pass);
+    write_range(&mut s.pty, 151..=160).await;
+    collect(&mut s.sub, &mut seen, 1..=160, WAIT * 2).await;
+    let dups = check_exact(&seen, 1..=160);
+    eprintln!("duplicates: {dups}");
+    wait_for("queue drained", || gw.queue_status().is_some_and(|q| q.depth == 0)).await;
+    let q = gw.queue_status().unwrap();
+    assert_eq!((q.accepted, q.dropped_full, q.corrupted), (160, 0, 0));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_black_holed_link_is_detected_and_nothing_sent_into_it_is_lost() {
+    let mut s = setup().await;
+    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain("")))).await;
+    let mut seen = Vec::new();
+    write_range(&mut s.pty, 1..=10).await;
+    collect(&mut s.sub, &mut seen, 1..=10, WAIT).await;
+
+    // Readings written into the black hole are sent (the socket accepts them) but never acknowledged.
+    s.proxy.set(Link::BlackHole);
+    write_range(&mut s.pty, 11..=60).await;
+    wait_disconnected(&gw).await;
+    assert!(s.sub.next_within(Duration::from_millis(200)).await.is_none(), "nothing passes a black hole");
+    s.proxy.set(Link::Pass);
+    collect(&mut s.sub, &mut seen, 1..=60, WAIT * 2).await;
+    let dups = check_exact(&seen, 1..=60);
+    eprintln!("duplicates: {dups}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn cloud_broker_restarted_without_persistence_mid_outage_loses_nothing() {
+    let mut s = setup().await;
+    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain("")))).await;
+    let mut seen = Vec::new();
+    write_range(&mut s.pty, 1..=20).await;
+    collect(&mut s.sub, &mut seen, 1..=20, WAIT).await;
+
+    s.proxy.set(Link::Refuse);
+    wait_disconnected(&gw).await;
+    write_range(&mut s.pty, 21..=40).await;
+    // The broker forgets every session and in-flight message.
+    s.cloud.restart().await;
+    write_range(&mut s.pty, 41..=60).await;
+    let mut sub = subscribe(s.cloud.addr(), &[("sites/#", QoS::AtLeastOnce)]).await;
+    s.proxy.set(Link::Pass);
+    let mut after = Vec::new();
+    collect(&mut sub, &mut after, 21..=60, WAIT * 2).await;
+    // Reading 20 may come again: it can be acknowledged after the cut had already begun; a
+    // duplicate, never a gap.
+    after.retain(|v| *v > 20);
+    check_exact(&after, 21..=60);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn queue_full_drops_the_oldest_and_counts_them() {
+    let mut s = setup().await;
+    let more = plain("  queue: { max_bytes: 1KiB, commit_interval: 10ms }\n");
+    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &more))).await;
+    s.proxy.set(Link::Refuse);
+    wait_disconnected(&gw).await;
+    // 300 readings of 13-15 bytes (topic + payload) into a 1 KiB queue.
+    for chunk in (1..=300u32).collect::<Vec<_>>().chunks(20) {
+        write_range(&mut s.pty, chunk[0]..=*chunk.last().unwrap()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_for("all 300 accepted or dropped", || gw.queue_status().is_some_and(|q| q.accepted == 300 && q.bytes <= 1024))
+        .await;
+    let q = gw.queue_status().unwrap();
+    assert!(q.dropped_full > 200 && q.depth < 100, "{q:?}");
+    assert_eq!(q.depth + q.dropped_full, 300);
+    s.proxy.set(Link::Pass);
+    let mut seen = Vec::new();
+    collect(&mut s.sub, &mut seen, (300 - q.depth as u32 + 1)..=300, WAIT * 2).await;
+    // Exactly the newest ones survive, in order, and nothing else arrives.
+    let first = 300 - q.depth as u32 + 1;
+    check_exact(&seen, first..=300);
+    assert!(s.sub.next_within(Duration::from_millis(300)).await.is_none());
+    let bridge = gw.bridge_status().unwrap();
+    assert_eq!(bridge.queue.dropped_full, q.dropped_full, "the stats topic's figures are the store's");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_corrupted_record_is_skipped_and_counted_and_the_rest_arrive() {
+    let mut s = setup().await;
+    let text = yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""));
+    s.proxy.set(Link::Refuse);
+    let gw = start(config_from(&text)).await;
+    write_range(&mut s.pty, 1..=30).await;
+    wait_depth(&gw, 30).await;
+    gw.shutdown().await;
+
+    // Flip the payload of the newest record on disk, leaving its checksum as it was.
+    let db = s.dir.path().join("queue.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n = conn.execute("UPDATE queue SET payload = X'3939' WHERE id = (SELECT MAX(id) FROM queue)", []).unwrap();
+    assert_eq!(n, 1);
+    drop(conn);
+
+    s.proxy.set(Link::Pass);
+    let gw = start(config_from(&text)).await;
+    let mut seen = Vec::new();
+    collect(&mut s.sub, &mut seen, 1..=29, WAIT).await;
+    check_exact(&seen, 1..=29);
+    assert!(s.sub.next_within(Duration::from_millis(300)).await.is_none(), "the corrupted record is not sent");
+    wait_for("corruption counted", || gw.queue_status().is_some_and(|q| q.corrupted == 1 && q.depth == 0)).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn gateway_sigkilled_while_offline_sends_everything_after_restart_and_the_will_fires() {
+    let mut s = setup().await;
+    let mut status = subscribe(s.cloud.addr(), &[("gw/status", QoS::AtLeastOnce)]).await;
+    let file = s.dir.path().join("gw.yaml");
+    std::fs::write(&file, yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""))).unwrap();
+    let run = || {
+        let child = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        ChildGuard(child)
+    };
+    let queued = |file: &Path| -> u64 {
+        let out = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
+            .args(["queue", "status", "--json", "--config"])
+            .arg(file)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return 0;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["depth"].as_u64().unwrap()
+    };
+    let mut gw = run();
+    let birth = status.next_on("gw/status").await;
+    assert_eq!((birth.payload.as_str(), birth.retain), ("online", false));
+    let mut seen = Vec::new();
+    // The gateway opens the pty once it runs; give it a reading to prove the path.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_range(&mut s.pty, 1..=5).await;
+    collect(&mut s.sub, &mut seen, 1..=5, WAIT).await;
+
+    s.proxy.set(Link::Refuse);
+    // The broker sees the link close and publishes the will.
+    let will = status.next_on("gw/status").await;
+    assert_eq!(will.payload, "offline");
+    write_range(&mut s.pty, 6..=80).await;
+    wait_for("75 queued on disk", || queued(&file) >= 75).await;
+    gw.0.kill().unwrap();
+    gw.0.wait().unwrap();
+
+    gw = run();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_range(&mut s.pty, 81..=90).await;
+    s.proxy.set(Link::Pass);
+    collect(&mut s.sub, &mut seen, 1..=90, WAIT * 2).await;
+    let dups = check_exact(&seen, 1..=90);
+    eprintln!("duplicates: {dups}");
+    assert_eq!(status.next_on("gw/status").await.payload, "online");
+    // A clean stop says `offline` itself.
+    Command::new("kill").args(["-TERM", &gw.0.id().to_string()]).status().unwrap();
+    assert_eq!(status.next_on("gw/status").await.payload, "offline");
+    gw.0.wait().unwrap();
+}
+
+#[tokio::test]
+async fn tls_with_a_test_ca_and_mutual_tls_deliver_and_a_wrong_ca_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = pki(dir.path(), "good");
+    let other = pki(dir.path(), "other");
+    let (tls_port, mtls_port) = (free_port(), free_port());
+    let listener = |port: u16, require: bool| {
+        format!(
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require}\n",
+            good.ca.display(),
+            good.server_cert.display(),
+            good.server_key.display()
+        )
+    };
+    let cloud =
+        Mosquitto::start(dir.path(), &format!("{}{}", listener(tls_port, false), listener(mtls_port, true))).await;
+    let mut sub = subscribe(cloud.addr(), &[("sites/#", QoS::AtLeastOnce)]).await;
+    let to = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    // Server verification against the test CA.
+    let mut p = pty();
+    let d1 = dir.path().join("tls");
+    let tls = format!("  tls: {{ ca_file: \"{}\" }}\n", good.ca.display());
+    let gw = start(config_from(&yaml(&p.path, &d1, to(tls_port), &tls))).await;
+    write_range(&mut p, 1..=3).await;
+    let mut seen = Vec::new();
+    collect(&mut sub, &mut seen, 1..=3, WAIT).await;
+    check_exact(&seen, 1..=3);
+    gw.shutdown().await;
+
+    // Mutual TLS: Mosquitto requires a client certificate signed by its CA.
+    let d2 = dir.path().join("mtls");
+    let mtls = format!(
+        "  tls: {{ ca_file: \"{}\", client_cert: \"{}\", client_key: \"{}\" }}\n",
+        good.ca.display(),
+        good.client_cert.display(),
+        good.client_key.display()
+    );
+    let gw = start(config_from(&yaml(&p.path, &d2, to(mtls_port), &mtls))).await;
+    write_range(&mut p, 4..=6).await;
+    collect(&mut sub, &mut seen, 4..=6, WAIT).await;
+    check_exact(&seen, 1..=6);
+    gw.shutdown().await;
+
+    // The wrong CA: the handshake is refused, the reason is reported, and readings stay queued.
+    let d3 = dir.path().join("wrong");
+    let wrong = format!("  tls: {{ ca_file: \"{}\" }}\n", other.ca.display());
+    let gw = start(config_from(&yaml(&p.path, &d3, to(tls_port), &wrong))).await;
+    write_range(&mut p, 7..=8).await;
+    wait_for("a TLS error is reported", || {
+        gw.bridge_status().and_then(|s| s.last_error).is_some_and(|e| e.contains("certificate"))
+    })
+    .await;
+    let err = gw.bridge_status().unwrap().last_error.unwrap();
+    assert!(err.contains("TLS") && err.contains("UnknownIssuer"), "{err}");
+    wait_depth(&gw, 2).await;
+    assert!(sub.next_within(Duration::from_millis(300)).await.is_none());
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn retained_readings_survive_a_restart_and_reach_late_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = pty();
+    let text = format!(
+        r#"
+gateway: {{ name: gw, state_dir: "{}" }}
+ports:
+  - {{ name: a, device: {}, framing: {{ type: lines }}, decoder: {{ type: csv, columns: [n] }} }}
+maps:
+  - {{ port: a, topic: "r/{{field}}", qos: 1, retain: true }}
+"#,
+        dir.path().display(),
+        p.path.display()
+    );
+    let gw = start(config_from(&text)).await;
+    let mut sub = subscribe(addr(&gw), &[("r/#", QoS::AtLeastOnce)]).await;
+    p.write(b"41\n42\n").await;
+    sub.take_on("r/", 2).await;
+    gw.shutdown().await;
+
+    let gw = start(config_from(&text)).await;
+    let mut late = subscribe(addr(&gw), &[("r/#", QoS::AtLeastOnce)]).await;
+    let got = late.next_on("r/").await;
+    assert_eq!((got.topic.as_str(), got.payload.as_str(), got.retain), ("r/n", "42", true));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn downlink_messages_from_the_cloud_reach_local_subscribers() {
+    let mut s = setup().await;
+    let more = plain("  downlink: [{ filter: \"sites/{gateway}/cmd/#\", strip_prefix: \"sites/{gateway}/\" }]\n");
+    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &more))).await;
+    wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
+    let mut local = subscribe(addr(&gw), &[("cmd/#", QoS::AtLeastOnce)]).await;
+    // The subscription goes out right after CONNACK; give it a moment to reach the broker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.sub.client.publish("sites/gw/cmd/led", QoS::AtLeastOnce, false, "on").await.unwrap();
+    let got = local.next_on("cmd/").await;
+    assert_eq!((got.topic.as_str(), got.payload.as_str()), ("cmd/led", "on"));
+    write_range(&mut s.pty, 1..=1).await;
+    let mut seen = Vec::new();
+    collect(&mut s.sub, &mut seen, 1..=1, WAIT).await;
+    gw.shutdown().await;
+}
