@@ -88,6 +88,8 @@ struct Durable {
     acceptor: Acceptor,
     writer: JoinHandle<()>,
     bridge: Option<Bridge>,
+    /// Feeds client publishes (forward rules with `from_clients`) to the acceptor.
+    tap: Option<JoinHandle<()>>,
 }
 
 impl Gateway {
@@ -286,6 +288,10 @@ impl Gateway {
             if let Some(d) = durable {
                 // The publisher's handle is gone with it; dropping ours lets the writer commit the
                 // last batch and end. Then the bridge says `offline` upstream and disconnects.
+                if let Some(t) = d.tap {
+                    t.abort();
+                    let _ = t.await;
+                }
                 drop(d.acceptor);
                 let _ = d.writer.await;
                 if let Some(b) = d.bridge {
@@ -421,8 +427,22 @@ async fn open_durable(
     let committed = Arc::new(tokio::sync::Notify::new());
     let interval = upstream.as_ref().map(|u| u.queue.commit_interval).unwrap_or(Duration::from_millis(100));
     let (acceptor, writer) = start_writer(store.clone(), upstream.clone(), interval, committed.clone());
+    let mut tap = None;
+    if let Some(u) = &upstream {
+        let filters: Vec<String> = u.forward.iter().filter(|r| r.from_clients).map(|r| r.filter.clone()).collect();
+        if !filters.is_empty() {
+            // Same bound as the writer's own channel: a burst from clients waits here, then is dropped.
+            let (mut rx, _dropped) = broker.tap_client_publishes(filters, 4096).await;
+            let a = acceptor.clone();
+            tap = Some(tokio::spawn(async move {
+                while let Some(m) = rx.recv().await {
+                    a.submit(&m, false).await;
+                }
+            }));
+        }
+    }
     let bridge = upstream.map(|u| Bridge::start(u, store.clone(), committed, broker.clone()));
-    Ok(Durable { store, acceptor, writer, bridge })
+    Ok(Durable { store, acceptor, writer, bridge, tap })
 }
 
 /// Publishes the bridge's state, retained, when it changes (at most once a second, since the queue

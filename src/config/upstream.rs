@@ -96,6 +96,10 @@ pub struct RawForward {
     pub qos: u8,
     #[serde(default)]
     pub retain: RetainPolicy,
+    /// Also forward what MQTT clients of the embedded broker publish on this filter (not only the
+    /// gateway's own readings). Off by default so a dashboard's commands stay local.
+    #[serde(default)]
+    pub from_clients: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -207,7 +211,13 @@ fn default_status_topic() -> String {
     "{gateway}/status".into()
 }
 fn default_forward() -> Vec<RawForward> {
-    vec![RawForward { filter: "#".into(), prefix: String::new(), qos: 1, retain: RetainPolicy::Keep }]
+    vec![RawForward {
+        filter: "#".into(),
+        prefix: String::new(),
+        qos: 1,
+        retain: RetainPolicy::Keep,
+        from_clients: false,
+    }]
 }
 fn default_qos() -> u8 {
     1
@@ -255,6 +265,7 @@ pub struct ForwardRule {
     pub prefix: String,
     pub qos: u8,
     pub retain: RetainPolicy,
+    pub from_clients: bool,
 }
 
 impl UpstreamSettings {
@@ -348,7 +359,13 @@ pub(super) fn resolve_upstream(
         if r.qos > 2 {
             p.add(&format!("{path}.qos"), "must be 0, 1 or 2");
         }
-        forward.push(ForwardRule { filter: r.filter.clone(), prefix, qos: r.qos, retain: r.retain });
+        forward.push(ForwardRule {
+            filter: r.filter.clone(),
+            prefix,
+            qos: r.qos,
+            retain: r.retain,
+            from_clients: r.from_clients,
+        });
     }
     let mut downlink = Vec::new();
     for (i, r) in raw.downlink.iter().enumerate() {

@@ -27,6 +27,7 @@ use rmqtt::utils::timestamp_millis;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
+mod tap;
 pub use auth::{check_hash, hash_password};
 
 use crate::config::{AclRule, BrokerSettings};
@@ -71,6 +72,8 @@ pub struct LocalBroker {
     probe_task: JoinHandle<()>,
     /// Keeps the password hook registered for the broker's lifetime.
     _auth: Box<dyn rmqtt::hook::Register>,
+    /// Hooks added after start (the client-publish tap), kept registered for the broker's lifetime.
+    taps: Mutex<Vec<Box<dyn rmqtt::hook::Register>>>,
 }
 
 impl LocalBroker {
@@ -137,7 +140,16 @@ impl LocalBroker {
         ));
         let (probe_tx, probe_rx) = mpsc::channel(16);
         let probe_task = tokio::spawn(probe_client(loopback(addrs[0]), probe_user, probe_pass, probe_tx));
-        Ok(LocalBroker { scx, addrs, from, server: task, probe_rx: Mutex::new(probe_rx), probe_task, _auth: register })
+        Ok(LocalBroker {
+            scx,
+            addrs,
+            from,
+            server: task,
+            probe_rx: Mutex::new(probe_rx),
+            probe_task,
+            _auth: register,
+            taps: Mutex::new(Vec::new()),
+        })
     }
 
     /// Publishes a probe in-process and waits until a real MQTT client, connected over TCP to the first
@@ -184,6 +196,25 @@ impl LocalBroker {
         SessionState::forwards(&self.scx, self.from.clone(), p, false, None)
             .await
             .map_err(|e| BrokerError::Publish { topic: topic.to_string(), reason: e.to_string() })
+    }
+
+    /// Messages that MQTT clients publish on topics matching `filters` (not the gateway's own, which
+    /// it forwards itself). When the receiver falls `capacity` behind, messages are dropped, counted in
+    /// the returned counter and logged: a slow disk must not stall the broker.
+    pub async fn tap_client_publishes(
+        &self,
+        filters: Vec<String>,
+        capacity: usize,
+    ) -> (mpsc::Receiver<OutMessage>, Arc<std::sync::atomic::AtomicU64>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let register = self.scx.extends.hook_mgr().register();
+        register
+            .add(rmqtt::hook::Type::MessagePublish, Box::new(tap::ClientTap { filters, tx, dropped: dropped.clone() }))
+            .await;
+        register.start().await;
+        self.taps.lock().await.push(register);
+        (rx, dropped)
     }
 
     /// False once the broker's server task has ended.
