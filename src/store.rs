@@ -133,10 +133,32 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Opens (creating if needed) the store at `path`. `limits` bound the queue; without them (no
     /// `upstream:`) only retained readings are kept.
+    ///
+    /// A file SQLite cannot read at all (not a database, or damaged beyond its own recovery) is moved
+    /// aside as `queue.db.corrupt-<unix ms>` for inspection and a fresh store is created: the gateway
+    /// keeps running and keeps readings from now on.
     pub fn open(path: &Path, limits: Option<QueueSettings>) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.into(), source })?;
         }
+        match Store::open_inner(path, limits.clone()) {
+            Err(StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(f, _), .. })
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) =>
+            {
+                let aside = path.with_extension(format!("db.corrupt-{}", now_ms()));
+                tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %f,
+                    "queue database unreadable; moved aside, starting an empty queue");
+                std::fs::rename(path, &aside).map_err(|source| StoreError::Dir { path: path.into(), source })?;
+                for ext in ["db-wal", "db-shm"] {
+                    let _ = std::fs::remove_file(path.with_extension(ext));
+                }
+                Store::open_inner(path, limits)
+            }
+            other => other,
+        }
+    }
+
+    fn open_inner(path: &Path, limits: Option<QueueSettings>) -> Result<Store, StoreError> {
         let err = |source| StoreError::Sqlite { path: path.into(), source };
         let conn = Connection::open(path).map_err(err)?;
         let sync = match limits.as_ref().map(|l| l.sync).unwrap_or_default() {
@@ -558,6 +580,44 @@ mod tests {
         drop(store);
         // Counters and depth survive a reopen.
         assert_eq!(Store::read_status(&s.path).unwrap().dropped_full, 15);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_moved_aside_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let store = Store::open(&path, None).unwrap();
+        store.append(&[], &[Record { retain: true, ..rec(1) }]).unwrap();
+        assert_eq!(store.retained().unwrap().len(), 1);
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("queue.db.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+    }
+
+    #[test]
+    fn a_torn_wal_tail_loses_only_the_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), 1 << 20, WhenFull::DropOldest);
+        let store = Store::open(&s.path.clone(), Some(s.clone())).unwrap();
+        let recs: Vec<Record> = (0..50).map(rec).collect();
+        for chunk in recs.chunks(10) {
+            store.append(chunk, &[]).unwrap();
+        }
+        // What a power cut leaves: the files as they are while the store is open, the WAL's last
+        // frame cut short.
+        let crash = tempfile::tempdir().unwrap();
+        std::fs::copy(&s.path, crash.path().join("queue.db")).unwrap();
+        let wal = std::fs::read(dir.path().join("queue.db-wal")).unwrap();
+        std::fs::write(crash.path().join("queue.db-wal"), &wal[..wal.len() - 100]).unwrap();
+        let reopened = Store::open(&crash.path().join("queue.db"), Some(s)).unwrap();
+        let got = reopened.read(0, i64::MAX, 100).unwrap();
+        assert_eq!(got.len(), 40, "the torn commit is rolled back, the ones before it survive");
+        assert_eq!(&got[39].record.payload[..], b"000000039");
+        assert_eq!(reopened.status().corrupted, 0);
     }
 
     #[test]
