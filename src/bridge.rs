@@ -42,6 +42,9 @@ const ACCEPT_CAPACITY: usize = 4096;
 /// Most messages in one commit; bounds the memory of one batch and the length of one transaction.
 const MAX_BATCH: usize = 4096;
 
+/// Longest an acknowledged message waits to be deleted when no new reading comes to share the commit.
+const ACK_DEFER: Duration = Duration::from_secs(1);
+
 /// How often the bridge refills its rate budget, deletes acknowledged messages and checks the queue.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -72,12 +75,13 @@ pub struct BridgeStatus {
 }
 
 /// One unit of work for the group commit.
-struct Job {
-    queued: Option<Record>,
-    retained: Option<Record>,
+enum Job {
+    Accept { queued: Option<Record>, retained: Option<Record> },
+    /// Acknowledged upstream: delete in the next commit; `done` is told once that commit is on disk.
+    Acked { ids: Vec<i64>, done: Option<tokio::sync::oneshot::Sender<()>> },
 }
 
-/// The accepting side: where the publisher hands messages over.
+/// The accepting side: where the publisher hands messages over (and the bridge its acknowledgements).
 #[derive(Clone)]
 pub struct Acceptor {
     tx: mpsc::Sender<Job>,
@@ -106,8 +110,23 @@ impl Acceptor {
         if queued.is_none() && retained.is_none() {
             return;
         }
-        if self.tx.send(Job { queued, retained }).await.is_err() {
+        if self.tx.send(Job::Accept { queued, retained }).await.is_err() {
             tracing::error!(topic = %msg.topic, "store writer has stopped; message not accepted");
+        }
+    }
+
+    /// Queues acknowledged ids for deletion in the next commit; with `wait`, returns once it is done.
+    async fn acked(&self, ids: Vec<i64>, wait: bool) {
+        let (done, rx) = if wait {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        if self.tx.send(Job::Acked { ids, done }).await.is_ok() {
+            if let Some(rx) = rx {
+                let _ = rx.await;
+            }
         }
     }
 }
@@ -128,11 +147,20 @@ async fn write_loop(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, every: Durat
     let mut open = true;
     while open {
         let Some(first) = rx.recv().await else { break };
+        // Deleting acknowledged messages is not urgent (a crash before it only means a resend), so a
+        // commit with nothing else in it waits up to `ACK_DEFER` to share the fsync of new readings.
+        let urgent = |j: &Job| !matches!(j, Job::Acked { done: None, .. });
+        let now = tokio::time::Instant::now();
+        let mut deadline = now + if urgent(&first) { every } else { ACK_DEFER.max(every) };
         let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + every;
         while batch.len() < MAX_BATCH {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(j)) => batch.push(j),
+                Ok(Some(j)) => {
+                    if urgent(&j) {
+                        deadline = deadline.min(tokio::time::Instant::now() + every);
+                    }
+                    batch.push(j)
+                }
                 Ok(None) => {
                     open = false;
                     break;
@@ -142,17 +170,31 @@ async fn write_loop(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, every: Durat
         }
         let mut queued = Vec::with_capacity(batch.len());
         let mut retained: Vec<Record> = Vec::new();
+        let mut acked = Vec::new();
+        let mut waiting = Vec::new();
         for j in batch {
-            queued.extend(j.queued);
-            if let Some(r) = j.retained {
-                // Only the newest value per topic matters within one commit.
-                retained.retain(|o| o.topic != r.topic);
-                retained.push(r);
+            match j {
+                Job::Accept { queued: q, retained: r } => {
+                    queued.extend(q);
+                    if let Some(r) = r {
+                        // Only the newest value per topic matters within one commit.
+                        retained.retain(|o| o.topic != r.topic);
+                        retained.push(r);
+                    }
+                }
+                Job::Acked { ids, done } => {
+                    acked.extend(ids);
+                    waiting.extend(done);
+                }
             }
         }
         let s = store.clone();
         let n = queued.len();
-        match tokio::task::spawn_blocking(move || s.append(&queued, &retained)).await {
+        let result = tokio::task::spawn_blocking(move || s.append(&queued, &retained, &acked)).await;
+        for w in waiting {
+            let _ = w.send(());
+        }
+        match result {
             Ok(Ok(out)) => {
                 if out.dropped_oldest > 0 {
                     tracing::warn!(dropped = out.dropped_oldest, "queue full: oldest messages dropped");
@@ -205,9 +247,11 @@ pub struct Bridge {
 }
 
 impl Bridge {
+    /// `writer` is where acknowledgements go to be deleted (in the writer's next commit).
     pub fn start(
         settings: Arc<UpstreamSettings>,
         store: Arc<Store>,
+        writer: Acceptor,
         committed: Arc<Notify>,
         broker: Arc<LocalBroker>,
     ) -> Bridge {
@@ -218,7 +262,7 @@ impl Bridge {
         };
         let (status_tx, status) = watch::channel(initial);
         let cancel = CancellationToken::new();
-        let link = Link { settings, store, committed, broker, status: status_tx, cancel: cancel.clone() };
+        let link = Link { settings, store, writer, committed, broker, status: status_tx, cancel: cancel.clone() };
         let task = tokio::spawn(link.run());
         Bridge { status, task, cancel }
     }
@@ -233,6 +277,7 @@ impl Bridge {
 struct Link {
     settings: Arc<UpstreamSettings>,
     store: Arc<Store>,
+    writer: Acceptor,
     committed: Arc<Notify>,
     broker: Arc<LocalBroker>,
     status: watch::Sender<BridgeStatus>,
@@ -338,9 +383,7 @@ impl Link {
                 },
                 _ = self.committed.notified() => {}
                 _ = tick.tick() => {
-                    if let Err(e) = out.flush_acks().await {
-                        break End::Failed { error: e.to_string(), connected: true };
-                    }
+                    out.flush_acks(false).await;
                     let queue = self.store.status();
                     let replaying = out.replaying();
                     self.status.send_if_modified(|s| {
@@ -352,8 +395,9 @@ impl Link {
                 }
             }
         };
-        // Acknowledged before the link broke: delete now, so they are not sent again.
-        let _ = out.flush_acks().await;
+        // Acknowledged before the link broke: deleted before the next connection reads the backlog,
+        // so they are not sent again.
+        out.flush_acks(true).await;
         result
     }
 }
@@ -559,14 +603,14 @@ impl<'a> Sender<'a> {
         }
     }
 
-    async fn flush_acks(&mut self) -> Result<(), BridgeError> {
+    /// Hands acknowledged ids to the writer, which deletes them with its next commit: the delete
+    /// shares the fsync of new readings instead of costing one of its own.
+    async fn flush_acks(&mut self, wait: bool) {
         if self.acked.is_empty() {
-            return Ok(());
+            return;
         }
         let ids = std::mem::take(&mut self.acked);
-        let store = self.link.store.clone();
-        tokio::task::spawn_blocking(move || store.remove(&ids)).await??;
-        Ok(())
+        self.link.writer.acked(ids, wait).await;
     }
 
     /// Clean stop: retained `offline` (the will is not sent on a clean DISCONNECT), acknowledged
@@ -591,7 +635,7 @@ impl<'a> Sender<'a> {
         }
         let _ = self.client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_millis(200), el.poll()).await;
-        let _ = self.flush_acks().await;
+        self.flush_acks(true).await;
     }
 }
 

@@ -286,17 +286,17 @@ impl Gateway {
             }
             let _ = publisher.await;
             if let Some(d) = durable {
-                // The publisher's handle is gone with it; dropping ours lets the writer commit the
-                // last batch and end. Then the bridge says `offline` upstream and disconnects.
                 if let Some(t) = d.tap {
                     t.abort();
                     let _ = t.await;
                 }
-                drop(d.acceptor);
-                let _ = d.writer.await;
+                // The bridge says `offline` upstream and hands over its last acknowledgements; then
+                // the writer, with every handle gone, commits what is left and ends.
                 if let Some(b) = d.bridge {
                     b.stop().await;
                 }
+                drop(d.acceptor);
+                let _ = d.writer.await;
             }
             if let Err(e) = broker.publish(&status(&config, false)).await {
                 tracing::warn!(error = %e, "could not publish offline status");
@@ -441,7 +441,7 @@ async fn open_durable(
             }));
         }
     }
-    let bridge = upstream.map(|u| Bridge::start(u, store.clone(), committed, broker.clone()));
+    let bridge = upstream.map(|u| Bridge::start(u, store.clone(), acceptor.clone(), committed, broker.clone()));
     Ok(Durable { store, acceptor, writer, bridge, tap })
 }
 

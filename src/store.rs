@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -25,6 +25,10 @@ const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 /// SQLite waits this long for a lock held by another process (`ser2mqtt queue status` reading while
 /// the gateway writes) before giving up; a commit takes milliseconds.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The lifetime counters are statistics: after a crash they may lag by this much, and in exchange
+/// most commits touch one page less (an SD card writes a whole page for it).
+const COUNTER_SAVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Oldest rows examined per step when making room; bounds the work one append can cause.
 const EVICT_STEP: usize = 512;
@@ -117,6 +121,12 @@ struct Inner {
     depth: u64,
     bytes: u64,
     counters: Counters,
+    /// Ids are given here rather than by SQLite: strictly increasing for the life of the process
+    /// (the bridge's cursors rely on it) without AUTOINCREMENT's extra page write per commit.
+    next_id: i64,
+    /// Counters are written at most every `COUNTER_SAVE_EVERY` (and on close), not with every commit.
+    counters_saved: Instant,
+    counters_dirty: bool,
 }
 
 /// The open store.
@@ -170,7 +180,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", sync).map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS queue (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 id INTEGER PRIMARY KEY,
                  topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
                  accepted_ms INTEGER NOT NULL, size INTEGER NOT NULL, crc INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS retained (
@@ -190,7 +200,16 @@ impl Store {
                 counters.bump(&name, value as u64);
             }
         }
-        let inner = Inner { conn, depth: depth as u64, bytes: bytes as u64, counters };
+        let last: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM queue", [], |r| r.get(0)).map_err(err)?;
+        let inner = Inner {
+            conn,
+            depth: depth as u64,
+            bytes: bytes as u64,
+            counters,
+            next_id: last + 1,
+            counters_saved: Instant::now(),
+            counters_dirty: false,
+        };
         Ok(Store { path: path.into(), limits, inner: Mutex::new(inner) })
     }
 
@@ -228,11 +247,26 @@ impl Store {
 
     /// Writes `queued` (bound upstream) and `retained` (last value per local topic) in one
     /// transaction, applying the queue's age and size bounds first.
-    pub fn append(&self, queued: &[Record], retained: &[Record]) -> Result<AppendOutcome, StoreError> {
+    /// `acked` are ids the cloud broker acknowledged, deleted in the same transaction (one commit,
+    /// one fsync, for both directions).
+    pub fn append(&self, queued: &[Record], retained: &[Record], acked: &[i64]) -> Result<AppendOutcome, StoreError> {
         let mut g = self.lock();
         let inner = &mut *g;
         let mut out = AppendOutcome::default();
         let tx = inner.conn.transaction().map_err(|e| self.err(e))?;
+        let mut delivered = 0;
+        {
+            let mut del =
+                tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING size").map_err(|e| self.err(e))?;
+            for id in acked {
+                // Already gone (evicted meanwhile, or acknowledged twice after a resend): ignored.
+                if let Some(size) = del.query_row([id], |r| r.get::<_, i64>(0)).optional().map_err(|e| self.err(e))? {
+                    delivered += 1;
+                    inner.depth = inner.depth.saturating_sub(1);
+                    inner.bytes = inner.bytes.saturating_sub(size as u64);
+                }
+            }
+        }
         if let Some(limits) = &self.limits {
             // Age: rows are in acceptance order, so only the oldest rows need looking at.
             let cutoff = now_ms() - limits.max_age.as_millis() as i64;
@@ -291,11 +325,11 @@ impl Store {
             {
                 let mut ins = tx
                     .prepare_cached(
-                        "INSERT INTO queue (topic, payload, qos, retain, accepted_ms, size, crc)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT INTO queue (id, topic, payload, qos, retain, accepted_ms, size, crc)
+                         VALUES (?8, ?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )
                     .map_err(|e| self.err(e))?;
-                for r in keep {
+                for (i, r) in keep.iter().enumerate() {
                     ins.execute(params![
                         r.topic,
                         &r.payload[..],
@@ -303,7 +337,8 @@ impl Store {
                         r.retain,
                         r.accepted_ms,
                         r.size() as i64,
-                        r.crc()
+                        r.crc(),
+                        inner.next_id + i as i64
                     ])
                     .map_err(|e| self.err(e))?;
                     inner.depth += 1;
@@ -312,6 +347,7 @@ impl Store {
             }
             out.accepted = keep.len() as u64;
         }
+        let next_id = inner.next_id + out.accepted as i64;
         {
             let mut up = tx
                 .prepare_cached(
@@ -335,9 +371,18 @@ impl Store {
         counters.bump("rejected_full", out.rejected);
         counters.bump("dropped_age", out.expired);
         counters.bump("retained_saved", retained.len() as u64);
-        save_counters(&tx, &counters).map_err(|e| self.err(e))?;
+        counters.bump("delivered", delivered);
+        let save = inner.counters_saved.elapsed() >= COUNTER_SAVE_EVERY;
+        if save {
+            save_counters(&tx, &counters).map_err(|e| self.err(e))?;
+        }
         tx.commit().map_err(|e| self.err(e))?;
         inner.counters = counters;
+        inner.next_id = next_id;
+        if save {
+            inner.counters_saved = Instant::now();
+        }
+        inner.counters_dirty = !save;
         Ok(out)
     }
 
@@ -408,38 +453,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes acknowledged messages (ids already gone, e.g. evicted meanwhile, are ignored).
+    /// Removes acknowledged messages now, in a commit of their own.
     pub fn remove(&self, ids: &[i64]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut g = self.lock();
-        let inner = &mut *g;
-        let tx = inner.conn.transaction().map_err(|e| self.err(e))?;
-        let mut removed = 0;
-        {
-            let mut del =
-                tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING size").map_err(|e| self.err(e))?;
-            for id in ids {
-                if let Some(size) = del.query_row([id], |r| r.get::<_, i64>(0)).optional().map_err(|e| self.err(e))? {
-                    removed += 1;
-                    inner.depth = inner.depth.saturating_sub(1);
-                    inner.bytes = inner.bytes.saturating_sub(size as u64);
-                }
-            }
-        }
-        let mut counters = inner.counters;
-        counters.bump("delivered", removed);
-        save_counters(&tx, &counters).map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        inner.counters = counters;
-        Ok(())
+        self.append(&[], &[], ids).map(|_| ())
     }
 
     /// The newest id in the queue (0 when empty).
     pub fn last_id(&self) -> Result<i64, StoreError> {
-        let g = self.lock();
-        g.conn.query_row("SELECT COALESCE(MAX(id), 0) FROM queue", [], |r| r.get(0)).map_err(|e| self.err(e))
+        Ok(self.lock().next_id - 1)
     }
 
     /// How many messages per upstream topic are queued with `id <= upto`.
@@ -481,6 +502,17 @@ impl Store {
         let g = self.lock();
         let oldest = oldest_ms(&g.conn).ok().flatten();
         status_from(g.depth, g.bytes, oldest, &g.counters)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        if g.counters_dirty {
+            if let Err(e) = save_counters(&g.conn, &g.counters) {
+                tracing::warn!(error = %e, "queue counters not saved on close");
+            }
+        }
     }
 }
 
@@ -564,7 +596,7 @@ mod tests {
         let store = Store::open(&s.path, Some(s.clone())).unwrap();
         let recs: Vec<Record> = (0..25).map(rec).collect();
         for chunk in recs.chunks(4) {
-            store.append(chunk, &[]).unwrap();
+            store.append(chunk, &[], &[]).unwrap();
         }
         // 10 bytes per record, 100 bytes allowed: the last 10 survive.
         let got: Vec<String> = store
@@ -588,7 +620,7 @@ mod tests {
         let path = dir.path().join("queue.db");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         let store = Store::open(&path, None).unwrap();
-        store.append(&[], &[Record { retain: true, ..rec(1) }]).unwrap();
+        store.append(&[], &[Record { retain: true, ..rec(1) }], &[]).unwrap();
         assert_eq!(store.retained().unwrap().len(), 1);
         let aside: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -605,7 +637,7 @@ mod tests {
         let store = Store::open(&s.path.clone(), Some(s.clone())).unwrap();
         let recs: Vec<Record> = (0..50).map(rec).collect();
         for chunk in recs.chunks(10) {
-            store.append(chunk, &[]).unwrap();
+            store.append(chunk, &[], &[]).unwrap();
         }
         // What a power cut leaves: the files as they are while the store is open, the WAL's last
         // frame cut short.
@@ -626,7 +658,7 @@ mod tests {
         let s = settings(dir.path(), 100, WhenFull::RejectNewest);
         let store = Store::open(&s.path.clone(), Some(s)).unwrap();
         let recs: Vec<Record> = (0..25).map(rec).collect();
-        store.append(&recs, &[]).unwrap();
+        store.append(&recs, &[], &[]).unwrap();
         let got = store.read(0, i64::MAX, 100).unwrap();
         assert_eq!(got.len(), 10);
         assert_eq!(&got[9].record.payload[..], b"000000009");
