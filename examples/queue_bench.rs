@@ -107,7 +107,8 @@ async fn main() {
     println!("disk_bytes_per_reading {:.1}", written as f64 / n as f64);
     println!("queue_depth {}", store.status().depth);
 
-    let broker = Arc::new(LocalBroker::start(&BrokerSettings::local_only("127.0.0.1:0".parse().unwrap())).await.unwrap());
+    let broker =
+        Arc::new(LocalBroker::start(&BrokerSettings::local_only("127.0.0.1:0".parse().unwrap())).await.unwrap());
     let t = Instant::now();
     let bridge = Bridge::start(up as Arc<UpstreamSettings>, store.clone(), bridge_writer, committed, broker);
     // The bridge deletes acknowledged messages in batches every 50 ms; poll the store at that pace.

@@ -76,9 +76,15 @@ pub struct BridgeStatus {
 
 /// One unit of work for the group commit.
 enum Job {
-    Accept { queued: Option<Record>, retained: Option<Record> },
+    Accept {
+        queued: Option<Record>,
+        retained: Option<Record>,
+    },
     /// Acknowledged upstream: delete in the next commit; `done` is told once that commit is on disk.
-    Acked { ids: Vec<i64>, done: Option<tokio::sync::oneshot::Sender<()>> },
+    Acked {
+        ids: Vec<i64>,
+        done: Option<tokio::sync::oneshot::Sender<()>>,
+    },
 }
 
 /// The accepting side: where the publisher hands messages over (and the bridge its acknowledgements).

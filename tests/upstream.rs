@@ -435,3 +435,31 @@ async fn replay_is_rate_limited_keeps_per_topic_order_and_lets_other_topics_thro
     assert!(door_after < 80, "live message of another topic waited for the replay: after {door_after}");
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn shipped_cloud_bridge_config_delivers_pms5003_readings_with_their_receive_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Mosquitto::start(dir.path(), "").await;
+    let mut sub = subscribe(cloud.addr(), &[("sites/#", QoS::AtLeastOnce)]).await;
+    let mut p = pty();
+    let mut c = shipped_config("cloud-bridge.yaml", &[&p.path]);
+    // Only where it connects changes: this test's Mosquitto, plain TCP, a temp state directory.
+    let up = c.upstream.as_mut().unwrap();
+    (up.host, up.port, up.tls, up.credentials) = ("127.0.0.1".into(), cloud.port, None, None);
+    up.queue.path = dir.path().join("queue.db");
+    let gw = start(c).await;
+    let mut sim = ser2mqtt::simulate::Simulator::new(ser2mqtt::simulate::SensorKind::Pms5003, 7);
+    let before = chrono::Utc::now().timestamp_millis();
+    p.write(&sim.next_frame()).await;
+    let got = sub.next_on("sites/garden-pi/sensors/garden-pi/air").await;
+    let v: serde_json::Value = serde_json::from_str(&got.payload).unwrap();
+    assert!(v["pm2_5"].is_u64() && v["pm10"].is_u64(), "{v}");
+    let ts = v["ts"].as_i64().unwrap();
+    assert!(ts >= before && ts <= chrono::Utc::now().timestamp_millis(), "receive time in the payload");
+    assert_eq!(got.qos, QoS::AtLeastOnce);
+    // `retain: true` on the map is kept upstream: a late cloud subscriber gets the last reading.
+    let mut late = subscribe(cloud.addr(), &[("sites/#", QoS::AtLeastOnce)]).await;
+    let last = late.next_on("sites/garden-pi/sensors/garden-pi/air").await;
+    assert_eq!((last.payload.as_str(), last.retain), (got.payload.as_str(), true));
+    gw.shutdown().await;
+}

@@ -16,6 +16,33 @@ pub fn describe(config: &Config, file: &Path) -> String {
         let auth = if l.allow_anonymous { "anonymous allowed" } else { "username and password required" };
         let _ = writeln!(s, "broker listens on {} ({auth})", l.addr);
     }
+    if let Some(u) = &config.upstream {
+        let tls = if u.tls.is_some() { "TLS" } else { "plain TCP, no TLS" };
+        let _ = writeln!(
+            s,
+            "upstream {}:{} ({tls}) as client `{}`; status on {}",
+            u.host, u.port, u.client_id, u.status_topic
+        );
+        for r in &u.forward {
+            let from = if r.from_clients { "gateway readings and client publishes" } else { "gateway readings" };
+            let _ = writeln!(s, "  forward {} ({from}) -> {}<topic> at QoS {}", r.filter, r.prefix, r.qos);
+        }
+        for d in &u.downlink {
+            let _ = writeln!(s, "  downlink {} (minus `{}`) -> local broker", d.filter, d.strip_prefix);
+        }
+        let q = &u.queue;
+        let _ = writeln!(
+            s,
+            "  queue {} up to {} bytes and {:?}; commits every {:?}; replay {} msg/s",
+            q.path.display(),
+            q.max_bytes,
+            q.max_age,
+            q.commit_interval,
+            q.replay_rate
+        );
+    } else if let Some(dir) = &config.gateway.state_dir {
+        let _ = writeln!(s, "retained readings kept in {}", dir.join("queue.db").display());
+    }
     for p in &config.ports {
         let _ = writeln!(
             s,
