@@ -204,6 +204,18 @@ async fn queue_full_drops_the_oldest_and_counts_them() {
     assert!(s.sub.next_within(Duration::from_millis(300)).await.is_none());
     let bridge = gw.bridge_status().unwrap();
     assert_eq!(bridge.queue.dropped_full, q.dropped_full, "the stats topic's figures are the store's");
+    // The same figures, retained on the gateway's status topic for any LAN client.
+    let mut local = subscribe(addr(&gw), &[("gw/status/bridge", QoS::AtLeastOnce)]).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = local.next_on("gw/status/bridge").await;
+        let v: serde_json::Value = serde_json::from_str(&got.payload).unwrap();
+        if v["queue"]["dropped_full"].as_u64() == Some(q.dropped_full) && v["queue"]["depth"] == 0 {
+            assert_eq!(v["connected"], true);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "bridge stats never showed the drained queue: {v}");
+    }
     gw.shutdown().await;
 }
 
@@ -461,5 +473,28 @@ async fn shipped_cloud_bridge_config_delivers_pms5003_readings_with_their_receiv
     let mut late = subscribe(cloud.addr(), &[("sites/#", QoS::AtLeastOnce)]).await;
     let last = late.next_on("sites/garden-pi/sensors/garden-pi/air").await;
     assert_eq!((last.payload.as_str(), last.retain), (got.payload.as_str(), true));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn qos2_upstream_survives_a_black_hole_mid_stream_with_the_session_resumed() {
+    let mut s = setup().await;
+    let text = yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""))
+        .replace("prefix: \"sites/{gateway}/\", qos: 1", "prefix: \"sites/{gateway}/\", qos: 2");
+    let gw = start(config_from(&text)).await;
+    wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
+    // Cut while QoS 2 exchanges are mid-flight: some messages have their PUBREC but not their PUBCOMP,
+    // and the broker keeps them in the session this gateway resumes (clean_session=false).
+    write_range(&mut s.pty, 1..=60).await;
+    s.proxy.set(Link::BlackHole);
+    write_range(&mut s.pty, 61..=120).await;
+    wait_disconnected(&gw).await;
+    s.proxy.set(Link::Pass);
+    write_range(&mut s.pty, 121..=130).await;
+    let mut seen = Vec::new();
+    collect(&mut s.sub, &mut seen, 1..=130, WAIT * 2).await;
+    let dups = check_exact(&seen, 1..=130);
+    eprintln!("duplicates: {dups}");
+    wait_for("queue drained", || gw.queue_status().is_some_and(|q| q.depth == 0)).await;
     gw.shutdown().await;
 }
