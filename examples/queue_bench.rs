@@ -42,9 +42,10 @@ async fn main() {
     let rate: Option<f64> = args.get(4).map(|r| r.parse().unwrap());
     let yaml = format!(
         "upstream:\n  host: 127.0.0.1\n  port: {port}\n  tls: {{ enabled: false }}\n  client_id: bench-{}\n  \
-         forward: [{{ filter: \"#\", prefix: \"bench/\", qos: 1 }}]\n  queue: {{ dir: \"{}\", replay_rate: 1000000, max_bytes: 1GiB }}\n",
+         forward: [{{ filter: \"#\", prefix: \"bench/\", qos: 1 }}]\n  queue: {{ dir: \"{}\", replay_rate: 1000000, max_bytes: 1GiB{} }}\n",
         std::process::id(),
-        dir.display()
+        dir.display(),
+        std::env::var("QUEUE_EXTRA").unwrap_or_default()
     );
     let config = ser2mqtt::config::parse(&yaml, std::path::Path::new("bench.yaml")).unwrap();
     let up = Arc::new(config.upstream.unwrap());

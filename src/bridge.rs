@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::upstream::UpstreamSettings;
 use crate::local_broker::LocalBroker;
-use crate::store::{now_ms, QueueStatus, Record, Store, StoreError};
+use crate::store::{now_ms, QueueStatus, Queued, Record, Store, StoreError};
 use crate::topic_map::OutMessage;
 
 /// Largest MQTT packet either way. Serial readings are tiny; this only stops one odd message from
@@ -417,9 +417,14 @@ struct Sender<'a> {
     awaiting_pkid: VecDeque<Option<i64>>,
     inflight: HashMap<u16, i64>,
     acked: Vec<i64>,
-    /// Live cursor: the newest id looked at.
+    /// Live cursor: the newest id looked at (sent, or left to the replay).
     live_pos: i64,
-    /// Replay cursor: the newest backlog id sent (or skipped); None once the replay is over.
+    /// Read ahead of `live_pos`, up to `live_read`.
+    live_buf: VecDeque<Queued>,
+    live_read: i64,
+    /// Read ahead by the replay cursor (`replay_pos` is how far it has read).
+    replay_buf: VecDeque<Queued>,
+    /// Replay cursor: the newest backlog id read; None once the replay is over.
     replay_pos: Option<i64>,
     /// Per topic: messages behind the replay cursor that the replay still has to send.
     backlog: HashMap<String, u64>,
@@ -439,6 +444,9 @@ impl<'a> Sender<'a> {
             inflight: HashMap::new(),
             acked: Vec::new(),
             live_pos: 0,
+            live_buf: VecDeque::new(),
+            live_read: 0,
+            replay_buf: VecDeque::new(),
             replay_pos: None,
             backlog: HashMap::new(),
             sent_live: HashSet::new(),
@@ -467,6 +475,7 @@ impl<'a> Sender<'a> {
         })
         .await??;
         self.live_pos = last;
+        self.live_read = last;
         if counts.is_empty() {
             self.replay_pos = None;
         } else {
@@ -485,7 +494,7 @@ impl<'a> Sender<'a> {
         (self.link.settings.queue.inflight as usize).saturating_sub(self.outstanding())
     }
 
-    async fn read(&self, after: i64, before: i64, limit: usize) -> Result<Vec<crate::store::Queued>, BridgeError> {
+    async fn read(&self, after: i64, before: i64, limit: usize) -> Result<Vec<Queued>, BridgeError> {
         let store = self.link.store.clone();
         Ok(tokio::task::spawn_blocking(move || store.read(after, before, limit)).await??)
     }
@@ -506,34 +515,33 @@ impl<'a> Sender<'a> {
 
     /// Sends what the window and the replay rate allow: live messages first, then backlog.
     async fn fill(&mut self) -> Result<(), BridgeError> {
-        // Live: everything accepted since the connection came up.
+        // Live: everything accepted since the connection came up, read ahead in chunks so that an
+        // acknowledgement is answered from memory, not with a store read per message.
         while self.room() > 0 {
-            let rows = self.read(self.live_pos, i64::MAX, READ_CHUNK.min(self.room().max(1) * 4)).await?;
-            if rows.is_empty() {
-                break;
+            if self.live_buf.is_empty() {
+                let rows = self.read(self.live_read, i64::MAX, READ_CHUNK).await?;
+                let Some(last) = rows.last() else { break };
+                self.live_read = last.id;
+                self.live_buf.extend(rows);
             }
-            for q in rows {
-                if self.room() == 0 {
-                    break;
+            let Some(q) = self.live_buf.pop_front() else { break };
+            let behind_backlog = self.replay_pos.is_some() && self.backlog.get(&q.record.topic).is_some_and(|n| *n > 0);
+            if behind_backlog {
+                // Same topic still has older messages to replay: it goes out with them, in order.
+                *self.backlog.entry(q.record.topic.clone()).or_default() += 1;
+            } else {
+                if !self.send(q.id, &q.record) {
+                    self.live_buf.push_front(q);
+                    return Ok(());
                 }
-                self.live_pos = q.id;
-                let behind_backlog =
-                    self.replay_pos.is_some() && self.backlog.get(&q.record.topic).is_some_and(|n| *n > 0);
-                if behind_backlog {
-                    // Same topic still has older messages to replay: it goes out with them, in order.
-                    *self.backlog.entry(q.record.topic.clone()).or_default() += 1;
-                } else {
-                    if !self.send(q.id, &q.record) {
-                        self.live_pos = q.id - 1;
-                        return Ok(());
-                    }
-                    if self.replay_pos.is_some() {
-                        self.sent_live.insert(q.id);
-                    }
+                if self.replay_pos.is_some() {
+                    self.sent_live.insert(q.id);
                 }
             }
+            self.live_pos = q.id;
         }
-        // Replay: oldest first, at most `replay_rate` per second.
+        // Replay: oldest first, at most `replay_rate` per second, never past what the live side has
+        // looked at (`live_pos`), so deferred live messages are sent by the replay, in order.
         let Some(mut pos) = self.replay_pos else { return Ok(()) };
         let rate = self.link.settings.queue.replay_rate as f64;
         let now = Instant::now();
@@ -541,33 +549,31 @@ impl<'a> Sender<'a> {
         self.tokens = (self.tokens + rate * now.duration_since(self.refilled).as_secs_f64()).min((rate / 5.0).max(1.0));
         self.refilled = now;
         while self.room() > 0 && self.tokens >= 1.0 {
-            let want = (self.tokens as usize).min(self.room()).min(READ_CHUNK);
-            let rows = self.read(pos, self.live_pos + 1, want + self.sent_live.len().min(READ_CHUNK)).await?;
-            if rows.is_empty() {
-                tracing::info!("backlog replayed");
-                self.replay_pos = None;
-                self.backlog.clear();
-                self.sent_live.clear();
-                return Ok(());
+            if self.replay_buf.is_empty() {
+                let rows = self.read(pos, self.live_pos + 1, READ_CHUNK).await?;
+                let Some(last) = rows.last() else {
+                    tracing::info!("backlog replayed");
+                    self.replay_pos = None;
+                    self.backlog.clear();
+                    self.sent_live.clear();
+                    return Ok(());
+                };
+                pos = last.id;
+                self.replay_pos = Some(pos);
+                self.replay_buf.extend(rows);
             }
-            for q in rows {
-                if self.sent_live.remove(&q.id) {
-                    pos = q.id;
-                    continue;
-                }
-                if self.room() == 0 || self.tokens < 1.0 {
-                    break;
-                }
-                if !self.send(q.id, &q.record) {
-                    break;
-                }
-                pos = q.id;
-                self.tokens -= 1.0;
-                if let Some(n) = self.backlog.get_mut(&q.record.topic) {
-                    *n = n.saturating_sub(1);
-                }
+            let Some(q) = self.replay_buf.pop_front() else { break };
+            if self.sent_live.remove(&q.id) {
+                continue;
             }
-            self.replay_pos = Some(pos);
+            if !self.send(q.id, &q.record) {
+                self.replay_buf.push_front(q);
+                break;
+            }
+            self.tokens -= 1.0;
+            if let Some(n) = self.backlog.get_mut(&q.record.topic) {
+                *n = n.saturating_sub(1);
+            }
         }
         Ok(())
     }

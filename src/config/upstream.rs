@@ -193,7 +193,7 @@ fn default_client_id() -> String {
     "ser2mqtt-{gateway}".into()
 }
 fn default_keepalive() -> Duration {
-    // A dead link (black hole) is noticed after about 1.5 keepalives; 30 s is the common cloud choice.
+    // A dead link (black hole) is noticed within about 2 keepalives; 30 s is the common cloud choice.
     Duration::from_secs(30)
 }
 fn default_connect_timeout() -> Duration {
