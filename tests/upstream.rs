@@ -463,7 +463,7 @@ async fn shipped_cloud_bridge_config_delivers_pms5003_readings_with_their_receiv
     let mut sim = ser2mqtt::simulate::Simulator::new(ser2mqtt::simulate::SensorKind::Pms5003, 7);
     let before = chrono::Utc::now().timestamp_millis();
     p.write(&sim.next_frame()).await;
-    let got = sub.next_on("sites/garden-pi/sensors/garden-pi/air").await;
+    let got = sub.next_on("sites/garden-pi/sensors/air").await;
     let v: serde_json::Value = serde_json::from_str(&got.payload).unwrap();
     assert!(v["pm2_5"].is_u64() && v["pm10"].is_u64(), "{v}");
     let ts = v["ts"].as_i64().unwrap();
@@ -471,7 +471,7 @@ async fn shipped_cloud_bridge_config_delivers_pms5003_readings_with_their_receiv
     assert_eq!(got.qos, QoS::AtLeastOnce);
     // `retain: true` on the map is kept upstream: a late cloud subscriber gets the last reading.
     let mut late = subscribe(cloud.addr(), &[("sites/#", QoS::AtLeastOnce)]).await;
-    let last = late.next_on("sites/garden-pi/sensors/garden-pi/air").await;
+    let last = late.next_on("sites/garden-pi/sensors/air").await;
     assert_eq!((last.payload.as_str(), last.retain), (got.payload.as_str(), true));
     gw.shutdown().await;
 }
