@@ -222,9 +222,8 @@ impl Gateway {
         {
             report.needs_restart.push("gateway.name/status_topic".into());
         }
-        if format!("{:?}", new.upstream) != format!("{:?}", self.config.upstream)
-            || new.gateway.state_dir != self.config.gateway.state_dir
-        {
+        let fingerprint = |c: &Config| c.upstream.as_ref().map(|u| u.fingerprint.clone());
+        if fingerprint(&new) != fingerprint(&self.config) || new.gateway.state_dir != self.config.gateway.state_dir {
             report.needs_restart.push("upstream".into());
         }
         let wanted: HashMap<Arc<str>, &PortSettings> = new.ports.iter().map(|p| (p.name.clone(), p)).collect();

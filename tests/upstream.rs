@@ -498,3 +498,16 @@ async fn qos2_upstream_survives_a_black_hole_mid_stream_with_the_session_resumed
     wait_for("queue drained", || gw.queue_status().is_some_and(|q| q.depth == 0)).await;
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn reload_keeps_the_bridge_unless_its_section_changed() {
+    let s = setup().await;
+    let text = yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""));
+    let mut gw = start(config_from(&text)).await;
+    wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
+    let same = gw.reload(config_from(&text)).await;
+    assert!(same.needs_restart.is_empty(), "{same:?}");
+    let changed = gw.reload(config_from(&text.replace("keepalive: 1s", "keepalive: 2s"))).await;
+    assert_eq!(changed.needs_restart, vec!["upstream".to_string()]);
+    gw.shutdown().await;
+}

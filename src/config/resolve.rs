@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::raw::*;
-use super::upstream::{resolve_upstream, RawUpstream};
+use super::upstream::{resolve_upstream, RawUpstream, UpstreamSettings};
 use super::{
     suggest, AclRule, BrokerSettings, Config, GatewaySettings, ListenerSettings, Location, PortSettings, Problems,
     Secret, DEFAULT_LISTENER,
@@ -70,8 +70,16 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
     let upstream = if upstream_v.is_null() {
         None
     } else {
+        // As written (plus what it depends on): a reload compares it to know whether the bridge changed.
+        let fingerprint = format!(
+            "{}\n{:?}\n{}",
+            gateway.name,
+            gateway.state_dir,
+            serde_yaml::to_string(&upstream_v).unwrap_or_default()
+        );
         section::<RawUpstream>(upstream_v, "upstream", p)
             .and_then(|u| resolve_upstream(&u, &gateway.name, gateway.state_dir.as_deref(), p))
+            .map(|u| UpstreamSettings { fingerprint, ..u })
     };
 
     // Names of every port, even those whose section failed, so maps are not blamed for it.

@@ -257,6 +257,8 @@ pub struct UpstreamSettings {
     pub forward: Vec<ForwardRule>,
     pub downlink: Vec<DownlinkRule>,
     pub queue: QueueSettings,
+    /// The section as written; equal fingerprints mean a reload leaves the bridge alone.
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -421,6 +423,7 @@ pub(super) fn resolve_upstream(
         forward,
         downlink,
         queue,
+        fingerprint: String::new(),
     })
 }
 
