@@ -33,6 +33,12 @@ fn write_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// A typical per-frame JSON reading with its receive time, on one of four topics.
+fn reading(i: u64) -> OutMessage {
+    const PAYLOAD: &str = r#"{"pm1_0":3,"pm2_5":5,"pm10":7,"time":"2026-11-22T06:00:00.000Z","ts":1795327200000}"#;
+    OutMessage { topic: format!("sensors/pms/{}", i % 4), payload: PAYLOAD.into(), qos: 1, retain: false }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -53,8 +59,6 @@ async fn main() {
     let committed = Arc::new(tokio::sync::Notify::new());
     let (acceptor, writer) = start_writer(store.clone(), Some(up.clone()), up.queue.commit_interval, committed.clone());
 
-    // A typical per-frame JSON reading with its receive time.
-    let payload = r#"{"pm1_0":3,"pm2_5":5,"pm10":7,"time":"2026-11-22T06:00:00.000Z","ts":1795327200000}"#;
     if let Some(rate) = rate {
         let broker =
             Arc::new(LocalBroker::start(&BrokerSettings::local_only("127.0.0.1:0".parse().unwrap())).await.unwrap());
@@ -67,13 +71,7 @@ async fn main() {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         for i in 0..n {
             tick.tick().await;
-            let msg = OutMessage {
-                topic: format!("sensors/pms/{}", i % 4),
-                payload: payload.as_bytes().to_vec().into(),
-                qos: 1,
-                retain: false,
-            };
-            acceptor.submit(&msg, false).await;
+            acceptor.submit(&reading(i), false).await;
         }
         while store.status().delivered < n {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -88,13 +86,7 @@ async fn main() {
     let before = write_bytes();
     let t = Instant::now();
     for i in 0..n {
-        let msg = OutMessage {
-            topic: format!("sensors/pms/{}", i % 4),
-            payload: payload.as_bytes().to_vec().into(),
-            qos: 1,
-            retain: false,
-        };
-        acceptor.submit(&msg, false).await;
+        acceptor.submit(&reading(i), false).await;
     }
     let bridge_writer = acceptor.clone();
     drop(acceptor);

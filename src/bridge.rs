@@ -432,6 +432,7 @@ struct Sender<'a> {
     sent_live: HashSet<i64>,
     tokens: f64,
     refilled: Instant,
+    saying_goodbye: bool,
     goodbye_pkid: Option<u16>,
 }
 
@@ -452,6 +453,7 @@ impl<'a> Sender<'a> {
             sent_live: HashSet::new(),
             tokens: 0.0,
             refilled: Instant::now(),
+            saying_goodbye: false,
             goodbye_pkid: None,
         }
     }
@@ -585,9 +587,8 @@ impl<'a> Sender<'a> {
                 Some(Some(id)) => {
                     self.inflight.insert(pkid, id);
                 }
-                Some(None) if self.goodbye_pkid.is_none() && self.awaiting_pkid.is_empty() => {
-                    self.goodbye_pkid = Some(pkid);
-                }
+                // Birth or goodbye: only the goodbye's acknowledgement is waited for.
+                Some(None) if self.saying_goodbye => self.goodbye_pkid = Some(pkid),
                 Some(None) => {}
                 None => {}
             },
@@ -629,7 +630,7 @@ impl<'a> Sender<'a> {
     /// within `GOODBYE_WAIT`, then DISCONNECT.
     async fn goodbye(&mut self, el: &mut EventLoop) {
         let topic = self.link.settings.status_topic.clone();
-        self.goodbye_pkid = None;
+        self.saying_goodbye = true;
         if self.client.try_publish(topic, QoS::AtLeastOnce, true, "offline").is_ok() {
             self.awaiting_pkid.push_back(None);
         }

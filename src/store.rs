@@ -189,22 +189,12 @@ impl Store {
              CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )
         .map_err(err)?;
-        let (depth, bytes): (i64, i64) = conn
-            .query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(err)?;
-        let mut counters = Counters::default();
-        {
-            let mut stmt = conn.prepare("SELECT name, value FROM counters").map_err(err)?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(err)?;
-            for (name, value) in rows.flatten() {
-                counters.bump(&name, value as u64);
-            }
-        }
+        let (depth, bytes, counters) = load_figures(&conn).map_err(err)?;
         let last: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM queue", [], |r| r.get(0)).map_err(err)?;
         let inner = Inner {
             conn,
-            depth: depth as u64,
-            bytes: bytes as u64,
+            depth,
+            bytes,
             counters,
             next_id: last + 1,
             counters_saved: Instant::now(),
@@ -218,18 +208,9 @@ impl Store {
         let err = |source| StoreError::Sqlite { path: path.into(), source };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        let (depth, bytes): (i64, i64) = conn
-            .query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue", [], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(err)?;
-        let mut counters = Counters::default();
-        let mut stmt = conn.prepare("SELECT name, value FROM counters").map_err(err)?;
-        for (name, value) in
-            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(err)?.flatten()
-        {
-            counters.bump(&name, value as u64);
-        }
+        let (depth, bytes, counters) = load_figures(&conn).map_err(err)?;
         let oldest = oldest_ms(&conn).map_err(err)?;
-        Ok(status_from(depth as u64, bytes as u64, oldest, &counters))
+        Ok(status_from(depth, bytes, oldest, &counters))
     }
 
     pub fn path(&self) -> &Path {
@@ -453,11 +434,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes acknowledged messages now, in a commit of their own.
-    pub fn remove(&self, ids: &[i64]) -> Result<(), StoreError> {
-        self.append(&[], &[], ids).map(|_| ())
-    }
-
     /// The newest id in the queue (0 when empty).
     pub fn last_id(&self) -> Result<i64, StoreError> {
         Ok(self.lock().next_id - 1)
@@ -528,6 +504,19 @@ fn status_from(depth: u64, bytes: u64, oldest: Option<i64>, c: &Counters) -> Que
         rejected_full: c.get("rejected_full"),
         corrupted: c.get("corrupted"),
     }
+}
+
+/// Depth and bytes as the queue table has them, and the counters as last saved.
+fn load_figures(conn: &Connection) -> rusqlite::Result<(u64, u64, Counters)> {
+    let (depth, bytes): (i64, i64) =
+        conn.query_row("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut counters = Counters::default();
+    let mut stmt = conn.prepare("SELECT name, value FROM counters")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (name, value) = row?;
+        counters.bump(&name, value as u64);
+    }
+    Ok((depth as u64, bytes as u64, counters))
 }
 
 fn oldest_ms(conn: &Connection) -> rusqlite::Result<Option<i64>> {

@@ -139,7 +139,7 @@ async fn a_good_file_applies_new_maps_and_ports_without_losing_readings_on_uncha
 
 #[tokio::test]
 async fn sighup_reloads_the_file_of_a_running_binary() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ser2mqtt.yaml");
     let mut p = pty();
@@ -148,13 +148,7 @@ async fn sighup_reloads_the_file_of_a_running_binary() {
     let dev = p.path.clone();
     let write = |topic: &str| std::fs::write(&file, yaml(&dev, topic, None).replace("127.0.0.1:0", &bind)).unwrap();
     write("before");
-    let child = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
-        .args(["run", "--config"])
-        .arg(&file)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let child = ChildGuard(child);
+    let child = run_binary(&file);
     let a: std::net::SocketAddr = bind.parse().unwrap();
     wait_listening(a).await;
     let mut sub = subscribe(a, &[("before/#", QoS::AtLeastOnce), ("after/#", QoS::AtLeastOnce)]).await;

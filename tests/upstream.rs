@@ -4,7 +4,7 @@
 
 use std::ops::RangeInclusive;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use rumqttc::QoS;
@@ -252,15 +252,7 @@ async fn gateway_sigkilled_while_offline_sends_everything_after_restart_and_the_
     let mut status = subscribe(s.cloud.addr(), &[("gw/status", QoS::AtLeastOnce)]).await;
     let file = s.dir.path().join("gw.yaml");
     std::fs::write(&file, yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""))).unwrap();
-    let run = || {
-        let child = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        ChildGuard(child)
-    };
+    let run = || run_binary(&file);
     let queued = |file: &Path| -> u64 {
         let out = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
             .args(["queue", "status", "--json", "--config"])

@@ -221,6 +221,17 @@ impl Drop for ChildGuard {
     }
 }
 
+/// `ser2mqtt run --config FILE` as a child process (stderr discarded), ended when the guard drops.
+pub fn run_binary(config: &Path) -> ChildGuard {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start ser2mqtt");
+    ChildGuard(child)
+}
+
 /// Waits until something accepts TCP connections on `addr`.
 pub async fn wait_listening(addr: SocketAddr) {
     let deadline = std::time::Instant::now() + WAIT;
