@@ -102,6 +102,13 @@ struct Setup {
     pty: Pty,
 }
 
+impl Setup {
+    /// The gateway's config: this setup's pty, store and proxy, plain TCP, `more` under `upstream:`.
+    fn config_text(&self, more: &str) -> String {
+        yaml(&self.pty.path, self.dir.path(), self.proxy.addr, &plain(more))
+    }
+}
+
 async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let cloud = Mosquitto::start(dir.path(), "").await;
@@ -113,7 +120,7 @@ async fn setup() -> Setup {
 #[tokio::test]
 async fn readings_during_a_refused_outage_all_arrive_after_it_in_order() {
     let mut s = setup().await;
-    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain("")))).await;
+    let gw = start(config_from(&s.config_text(""))).await;
     let mut seen = Vec::new();
     write_range(&mut s.pty, 1..=20).await;
     collect(&mut s.sub, &mut seen, 1..=20, WAIT).await;
@@ -136,7 +143,7 @@ async fn readings_during_a_refused_outage_all_arrive_after_it_in_order() {
 #[tokio::test]
 async fn a_black_holed_link_is_detected_and_nothing_sent_into_it_is_lost() {
     let mut s = setup().await;
-    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain("")))).await;
+    let gw = start(config_from(&s.config_text(""))).await;
     let mut seen = Vec::new();
     write_range(&mut s.pty, 1..=10).await;
     collect(&mut s.sub, &mut seen, 1..=10, WAIT).await;
@@ -156,7 +163,7 @@ async fn a_black_holed_link_is_detected_and_nothing_sent_into_it_is_lost() {
 #[tokio::test]
 async fn cloud_broker_restarted_without_persistence_mid_outage_loses_nothing() {
     let mut s = setup().await;
-    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain("")))).await;
+    let gw = start(config_from(&s.config_text(""))).await;
     let mut seen = Vec::new();
     write_range(&mut s.pty, 1..=20).await;
     collect(&mut s.sub, &mut seen, 1..=20, WAIT).await;
@@ -181,8 +188,8 @@ async fn cloud_broker_restarted_without_persistence_mid_outage_loses_nothing() {
 #[tokio::test]
 async fn queue_full_drops_the_oldest_and_counts_them() {
     let mut s = setup().await;
-    let more = plain("  queue: { max_bytes: 1KiB, commit_interval: 10ms }\n");
-    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &more))).await;
+    let more = "  queue: { max_bytes: 1KiB, commit_interval: 10ms }\n";
+    let gw = start(config_from(&s.config_text(more))).await;
     s.proxy.set(Link::Refuse);
     wait_disconnected(&gw).await;
     // 300 readings of 13-15 bytes (topic + payload) into a 1 KiB queue.
@@ -222,7 +229,7 @@ async fn queue_full_drops_the_oldest_and_counts_them() {
 #[tokio::test]
 async fn a_corrupted_record_is_skipped_and_counted_and_the_rest_arrive() {
     let mut s = setup().await;
-    let text = yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""));
+    let text = s.config_text("");
     s.proxy.set(Link::Refuse);
     let gw = start(config_from(&text)).await;
     write_range(&mut s.pty, 1..=30).await;
@@ -251,7 +258,7 @@ async fn gateway_sigkilled_while_offline_sends_everything_after_restart_and_the_
     let mut s = setup().await;
     let mut status = subscribe(s.cloud.addr(), &[("gw/status", QoS::AtLeastOnce)]).await;
     let file = s.dir.path().join("gw.yaml");
-    std::fs::write(&file, yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""))).unwrap();
+    std::fs::write(&file, s.config_text("")).unwrap();
     let run = || run_binary(&file);
     let queued = |file: &Path| -> u64 {
         let out = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
@@ -388,8 +395,8 @@ maps:
 #[tokio::test]
 async fn downlink_messages_from_the_cloud_reach_local_subscribers() {
     let mut s = setup().await;
-    let more = plain("  downlink: [{ filter: \"sites/{gateway}/cmd/#\", strip_prefix: \"sites/{gateway}/\" }]\n");
-    let gw = start(config_from(&yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &more))).await;
+    let more = "  downlink: [{ filter: \"sites/{gateway}/cmd/#\", strip_prefix: \"sites/{gateway}/\" }]\n";
+    let gw = start(config_from(&s.config_text(more))).await;
     wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
     let mut local = subscribe(addr(&gw), &[("cmd/#", QoS::AtLeastOnce)]).await;
     // The subscription goes out right after CONNACK; give it a moment to reach the broker.
@@ -406,7 +413,7 @@ async fn downlink_messages_from_the_cloud_reach_local_subscribers() {
 #[tokio::test]
 async fn replay_is_rate_limited_keeps_per_topic_order_and_lets_other_topics_through() {
     let mut s = setup().await;
-    let text = yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain("  queue: { replay_rate: 50 }\n")).replace(
+    let text = s.config_text("  queue: { replay_rate: 50 }\n").replace(
         "forward: [{ filter: \"s/#\", prefix: \"sites/{gateway}/\", qos: 1 }]",
         "forward:\n    - { filter: \"s/#\", prefix: \"sites/{gateway}/\", qos: 1 }\n    \
          - { filter: \"c/#\", prefix: \"sites/{gateway}/\", qos: 1, from_clients: true }",
@@ -471,8 +478,8 @@ async fn shipped_cloud_bridge_config_delivers_pms5003_readings_with_their_receiv
 #[tokio::test]
 async fn qos2_upstream_survives_a_black_hole_mid_stream_with_the_session_resumed() {
     let mut s = setup().await;
-    let text = yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""))
-        .replace("prefix: \"sites/{gateway}/\", qos: 1", "prefix: \"sites/{gateway}/\", qos: 2");
+    let text =
+        s.config_text("").replace("prefix: \"sites/{gateway}/\", qos: 1", "prefix: \"sites/{gateway}/\", qos: 2");
     let gw = start(config_from(&text)).await;
     wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
     // Cut while QoS 2 exchanges are mid-flight: some messages have their PUBREC but not their PUBCOMP,
@@ -494,7 +501,7 @@ async fn qos2_upstream_survives_a_black_hole_mid_stream_with_the_session_resumed
 #[tokio::test]
 async fn reload_keeps_the_bridge_unless_its_section_changed() {
     let s = setup().await;
-    let text = yaml(&s.pty.path, s.dir.path(), s.proxy.addr, &plain(""));
+    let text = s.config_text("");
     let mut gw = start(config_from(&text)).await;
     wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
     let same = gw.reload(config_from(&text)).await;
