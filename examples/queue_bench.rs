@@ -19,12 +19,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ser2mqtt::bridge::{start_writer, Bridge};
 use ser2mqtt::config::upstream::UpstreamSettings;
 use ser2mqtt::config::BrokerSettings;
 use ser2mqtt::local_broker::LocalBroker;
 use ser2mqtt::store::Store;
 use ser2mqtt::topic_map::OutMessage;
+use ser2mqtt::upstream::{start_writer, Bridge};
 
 fn write_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/io")

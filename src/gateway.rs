@@ -17,13 +17,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{start_writer, Acceptor, Bridge, BridgeStatus};
 use crate::config::{Config, PortSettings};
 use crate::local_broker::{BrokerError, LocalBroker};
 use crate::serial::port::PortEvent;
 use crate::serial::{run_port, PortStats};
 use crate::store::{Store, StoreError};
 use crate::topic_map::{OutMessage, TopicMap};
+use crate::upstream::{start_writer, Acceptor, Bridge, BridgeStatus};
 
 /// Everything still running after this long in shutdown is abandoned (systemd's stop timeout is 90 s;
 /// a gateway that needs more than a few seconds to flush is stuck, not busy).

@@ -4,12 +4,13 @@
 //! serial device → `serial::framing` (bytes → frames, checksums) → `decode` (frames → typed fields)
 //! → `serial::port` (one task per port: readings + availability, bounded channel)
 //! → `topic_map` (readings → topic, payload, QoS, retain) → `local_broker` (rmqtt, in-process).
+//! Upstream: `upstream::writer` commits what the forward rules take into `store` (SQLite), and
+//! `upstream::link` sends it to the cloud broker in the order `upstream::outbox` decides.
 //! `config` turns the YAML file into validated settings (every problem at once, with its position);
 //! `gateway` owns the task tree, reloads and orderly shutdown; `supervisor` the daemon's lifecycle
 //! (systemd notify and watchdog, SIGHUP); `demo` and `simulate` provide sensors for
 //! people without hardware; `logging` sets up tracing. `main.rs` only parses the command line.
 
-pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod decode;
@@ -22,3 +23,4 @@ pub mod simulate;
 pub mod store;
 pub mod supervisor;
 pub mod topic_map;
+pub mod upstream;

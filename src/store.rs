@@ -7,28 +7,31 @@
 //! skipped, never fatal. Torn writes at the file level are SQLite's job: its WAL frames are
 //! checksummed and an incomplete last transaction is rolled back on open.
 //!
+//! QoS 2 messages carry the MQTT packet id and stage the bridge last committed for them (`pkid`,
+//! `stage`; 0 when unsent), written in the same transactions as the queue, so that a restarted
+//! gateway can finish their exchange on a resumed session instead of colliding with it.
+//!
+//! The lifetime counters are written in the same transaction as the rows they count.
+//!
 //! All methods block (SQLite is synchronous); async callers use `spawn_blocking`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
 use crate::config::upstream::{QueueSettings, SyncMode, WhenFull};
+use crate::upstream::outbox::{Stage, StageChange};
 
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
 /// SQLite waits this long for a lock held by another process (`ser2mqtt queue status` reading while
 /// the gateway writes) before giving up; a commit takes milliseconds.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The lifetime counters are statistics: after a crash they may lag by this much, and in exchange
-/// most commits touch one page less (an SD card writes a whole page for it).
-const COUNTER_SAVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Oldest rows examined per step when making room; bounds the work one append can cause.
 const EVICT_STEP: usize = 512;
@@ -124,9 +127,6 @@ struct Inner {
     /// Ids are given here rather than by SQLite: strictly increasing for the life of the process
     /// (the bridge's cursors rely on it) without AUTOINCREMENT's extra page write per commit.
     next_id: i64,
-    /// Counters are written at most every `COUNTER_SAVE_EVERY` (and on close), not with every commit.
-    counters_saved: Instant,
-    counters_dirty: bool,
 }
 
 /// The open store.
@@ -182,24 +182,29 @@ impl Store {
             "CREATE TABLE IF NOT EXISTS queue (
                  id INTEGER PRIMARY KEY,
                  topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL,
-                 accepted_ms INTEGER NOT NULL, size INTEGER NOT NULL, crc INTEGER NOT NULL);
+                 accepted_ms INTEGER NOT NULL, size INTEGER NOT NULL, crc INTEGER NOT NULL,
+                 pkid INTEGER NOT NULL DEFAULT 0, stage INTEGER NOT NULL DEFAULT 0);
              CREATE TABLE IF NOT EXISTS retained (
                  topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
                  accepted_ms INTEGER NOT NULL, crc INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )
         .map_err(err)?;
+        // Files written before QoS 2 stages were kept: add the columns (every row unsent).
+        let has_stage = conn
+            .prepare("SELECT 1 FROM pragma_table_info('queue') WHERE name = 'stage'")
+            .and_then(|mut s| s.exists([]))
+            .map_err(err)?;
+        if !has_stage {
+            conn.execute_batch(
+                "ALTER TABLE queue ADD COLUMN pkid INTEGER NOT NULL DEFAULT 0;
+                 ALTER TABLE queue ADD COLUMN stage INTEGER NOT NULL DEFAULT 0;",
+            )
+            .map_err(err)?;
+        }
         let (depth, bytes, counters) = load_figures(&conn).map_err(err)?;
         let last: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM queue", [], |r| r.get(0)).map_err(err)?;
-        let inner = Inner {
-            conn,
-            depth,
-            bytes,
-            counters,
-            next_id: last + 1,
-            counters_saved: Instant::now(),
-            counters_dirty: false,
-        };
+        let inner = Inner { conn, depth, bytes, counters, next_id: last + 1 };
         Ok(Store { path: path.into(), limits, inner: Mutex::new(inner) })
     }
 
@@ -229,13 +234,26 @@ impl Store {
     /// Writes `queued` (bound upstream) and `retained` (last value per local topic) in one
     /// transaction, applying the queue's age and size bounds first.
     /// `acked` are ids the cloud broker acknowledged, deleted in the same transaction (one commit,
-    /// one fsync, for both directions).
-    pub fn append(&self, queued: &[Record], retained: &[Record], acked: &[i64]) -> Result<AppendOutcome, StoreError> {
+    /// one fsync, for both directions); `stages` are QoS 2 packet ids and stages to record.
+    pub fn append(
+        &self,
+        queued: &[Record],
+        retained: &[Record],
+        acked: &[i64],
+        stages: &[StageChange],
+    ) -> Result<AppendOutcome, StoreError> {
         let mut g = self.lock();
         let inner = &mut *g;
         let mut out = AppendOutcome::default();
         let tx = inner.conn.transaction().map_err(|e| self.err(e))?;
         let mut delivered = 0;
+        {
+            let mut up =
+                tx.prepare_cached("UPDATE queue SET pkid = ?2, stage = ?3 WHERE id = ?1").map_err(|e| self.err(e))?;
+            for c in stages {
+                up.execute(params![c.id, c.pkid, c.stage.map(|s| s as i64).unwrap_or(0)]).map_err(|e| self.err(e))?;
+            }
+        }
         {
             let mut del =
                 tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING size").map_err(|e| self.err(e))?;
@@ -353,17 +371,12 @@ impl Store {
         counters.bump("dropped_age", out.expired);
         counters.bump("retained_saved", retained.len() as u64);
         counters.bump("delivered", delivered);
-        let save = inner.counters_saved.elapsed() >= COUNTER_SAVE_EVERY;
-        if save {
+        if counters.0 != inner.counters.0 {
             save_counters(&tx, &counters).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         inner.counters = counters;
         inner.next_id = next_id;
-        if save {
-            inner.counters_saved = Instant::now();
-        }
-        inner.counters_dirty = !save;
         Ok(out)
     }
 
@@ -439,6 +452,28 @@ impl Store {
         Ok(self.lock().next_id - 1)
     }
 
+    /// QoS 2 messages with a committed packet id and stage (what an earlier run had in flight).
+    pub fn in_flight(&self) -> Result<Vec<(Queued, u16, Stage)>, StoreError> {
+        let marks: Vec<(i64, i64, i64)> = {
+            let g = self.lock();
+            let mut stmt = g
+                .conn
+                .prepare("SELECT id, pkid, stage FROM queue WHERE stage > 0 ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(|e| self.err(e))?;
+            rows.flatten().collect()
+        };
+        let mut out = Vec::with_capacity(marks.len());
+        for (id, pkid, stage) in marks {
+            let (Some(stage), Ok(pkid)) = (Stage::from_db(stage), u16::try_from(pkid)) else { continue };
+            // Through `read`, so a damaged row is counted and dropped here as anywhere.
+            if let Some(q) = self.read(id - 1, id + 1, 1)?.pop() {
+                out.push((q, pkid, stage));
+            }
+        }
+        Ok(out)
+    }
+
     /// How many messages per upstream topic are queued with `id <= upto`.
     pub fn topic_counts(&self, upto: i64) -> Result<HashMap<String, u64>, StoreError> {
         let g = self.lock();
@@ -478,17 +513,6 @@ impl Store {
         let g = self.lock();
         let oldest = oldest_ms(&g.conn).ok().flatten();
         status_from(g.depth, g.bytes, oldest, &g.counters)
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let g = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-        if g.counters_dirty {
-            if let Err(e) = save_counters(&g.conn, &g.counters) {
-                tracing::warn!(error = %e, "queue counters not saved on close");
-            }
-        }
     }
 }
 
@@ -585,7 +609,7 @@ mod tests {
         let store = Store::open(&s.path, Some(s.clone())).unwrap();
         let recs: Vec<Record> = (0..25).map(rec).collect();
         for chunk in recs.chunks(4) {
-            store.append(chunk, &[], &[]).unwrap();
+            store.append(chunk, &[], &[], &[]).unwrap();
         }
         // 10 bytes per record, 100 bytes allowed: the last 10 survive.
         let got: Vec<String> = store
@@ -609,7 +633,7 @@ mod tests {
         let path = dir.path().join("queue.db");
         std::fs::write(&path, vec![0x5a; 8192]).unwrap();
         let store = Store::open(&path, None).unwrap();
-        store.append(&[], &[Record { retain: true, ..rec(1) }], &[]).unwrap();
+        store.append(&[], &[Record { retain: true, ..rec(1) }], &[], &[]).unwrap();
         assert_eq!(store.retained().unwrap().len(), 1);
         let aside: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -626,7 +650,7 @@ mod tests {
         let store = Store::open(&s.path.clone(), Some(s.clone())).unwrap();
         let recs: Vec<Record> = (0..50).map(rec).collect();
         for chunk in recs.chunks(10) {
-            store.append(chunk, &[], &[]).unwrap();
+            store.append(chunk, &[], &[], &[]).unwrap();
         }
         // What a power cut leaves: the files as they are while the store is open, the WAL's last
         // frame cut short.
@@ -647,7 +671,7 @@ mod tests {
         let s = settings(dir.path(), 100, WhenFull::RejectNewest);
         let store = Store::open(&s.path.clone(), Some(s)).unwrap();
         let recs: Vec<Record> = (0..25).map(rec).collect();
-        store.append(&recs, &[], &[]).unwrap();
+        store.append(&recs, &[], &[], &[]).unwrap();
         let got = store.read(0, i64::MAX, 100).unwrap();
         assert_eq!(got.len(), 10);
         assert_eq!(&got[9].record.payload[..], b"000000009");

@@ -11,7 +11,7 @@ use rumqttc::QoS;
 use ser2mqtt::gateway::Gateway;
 use tempfile::TempDir;
 
-use crate::support::cloud::{pki, Link, Mosquitto, Proxy};
+use crate::support::cloud::{persistence, pki, Link, Mosquitto, Proxy};
 use crate::support::*;
 
 /// The cloud topic readings of port `a` arrive on.
@@ -45,6 +45,26 @@ maps:
         port = up.port(),
         dev = dev.display(),
     )
+}
+
+/// The same config with the forward rule at `qos`.
+fn at_qos(text: &str, qos: u8) -> String {
+    let rule = "prefix: \"sites/{gateway}/\", qos: 1";
+    assert!(text.contains(rule));
+    text.replace(rule, &format!("prefix: \"sites/{{gateway}}/\", qos: {qos}"))
+}
+
+/// `ser2mqtt queue status --json` for the store of the config in `file` (Null while unreadable).
+fn queue_json(file: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
+        .args(["queue", "status", "--json", "--config"])
+        .arg(file)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn plain(more: &str) -> String {
@@ -119,8 +139,17 @@ async fn setup() -> Setup {
 
 #[tokio::test]
 async fn readings_during_a_refused_outage_all_arrive_after_it_in_order() {
+    refused_outage(1).await;
+}
+
+#[tokio::test]
+async fn qos2_readings_during_a_refused_outage_all_arrive_after_it_in_order() {
+    refused_outage(2).await;
+}
+
+async fn refused_outage(qos: u8) {
     let mut s = setup().await;
-    let gw = start(config_from(&s.config_text(""))).await;
+    let gw = start(config_from(&at_qos(&s.config_text(""), qos))).await;
     let mut seen = Vec::new();
     write_range(&mut s.pty, 1..=20).await;
     collect(&mut s.sub, &mut seen, 1..=20, WAIT).await;
@@ -276,8 +305,7 @@ async fn gateway_sigkilled_while_offline_sends_everything_after_restart_and_the_
     let birth = status.next_on("gw/status").await;
     assert_eq!((birth.payload.as_str(), birth.retain), ("online", false));
     let mut seen = Vec::new();
-    // The gateway opens the pty once it runs; give it a reading to prove the path.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_device_open(gw.0.id(), &s.pty.path).await;
     write_range(&mut s.pty, 1..=5).await;
     collect(&mut s.sub, &mut seen, 1..=5, WAIT).await;
 
@@ -291,7 +319,7 @@ async fn gateway_sigkilled_while_offline_sends_everything_after_restart_and_the_
     gw.0.wait().unwrap();
 
     gw = run();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_device_open(gw.0.id(), &s.pty.path).await;
     write_range(&mut s.pty, 81..=90).await;
     s.proxy.set(Link::Pass);
     collect(&mut s.sub, &mut seen, 1..=90, WAIT * 2).await;
@@ -492,8 +520,9 @@ async fn qos2_upstream_survives_a_black_hole_mid_stream_with_the_session_resumed
     write_range(&mut s.pty, 121..=130).await;
     let mut seen = Vec::new();
     collect(&mut s.sub, &mut seen, 1..=130, WAIT * 2).await;
-    let dups = check_exact(&seen, 1..=130);
-    eprintln!("duplicates: {dups}");
+    // Exactly once: unfinished exchanges are completed on the resumed session, never restarted.
+    s.sub.drain_on(UP, Duration::from_millis(300)).await.iter().for_each(|g| seen.push(g.payload.parse().unwrap()));
+    assert_eq!(check_exact(&seen, 1..=130), 0, "no duplicates at QoS 2 with the session resumed");
     wait_for("queue drained", || gw.queue_status().is_some_and(|q| q.depth == 0)).await;
     gw.shutdown().await;
 }
@@ -509,4 +538,87 @@ async fn reload_keeps_the_bridge_unless_its_section_changed() {
     let changed = gw.reload(config_from(&text.replace("keepalive: 1s", "keepalive: 2s"))).await;
     assert_eq!(changed.needs_restart, vec!["upstream".to_string()]);
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn cloud_restarted_with_persistence_resumes_the_session_at_qos1() {
+    cloud_restart_with_persistence(1).await;
+}
+
+#[tokio::test]
+async fn cloud_restarted_with_persistence_resumes_the_session_at_qos2() {
+    cloud_restart_with_persistence(2).await;
+}
+
+/// The cloud broker keeps sessions on disk and is restarted while readings stream: the gateway's
+/// session is resumed (unfinished exchanges completed, not restarted) and nothing is lost.
+async fn cloud_restart_with_persistence(qos: u8) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = Mosquitto::start(dir.path(), &persistence(dir.path())).await;
+    let proxy = Proxy::start(cloud.addr()).await;
+    // A persistent subscriber, so the broker keeps its queue across the restart too.
+    let cloud_addr = cloud.addr();
+    let sub_opts = || {
+        let mut o = options(cloud_addr, "cloud-reader");
+        o.set_clean_session(false);
+        o
+    };
+    let mut sub = subscribe_with(sub_opts(), &[("sites/#", QoS::AtLeastOnce)]).await.unwrap();
+    let mut pty = pty();
+    let text = at_qos(&yaml(&pty.path, dir.path(), proxy.addr, &plain("")), qos);
+    let gw = start(config_from(&text)).await;
+    wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
+    write_range(&mut pty, 1..=40).await;
+    cloud.restart_gracefully().await;
+    write_range(&mut pty, 41..=60).await;
+    let mut seen: Vec<u32> =
+        sub.drain_on(UP, Duration::from_millis(100)).await.iter().map(|g| g.payload.parse().unwrap()).collect();
+    let mut sub = subscribe_with(sub_opts(), &[("sites/#", QoS::AtLeastOnce)]).await.unwrap();
+    collect(&mut sub, &mut seen, 1..=60, WAIT * 2).await;
+    let dups = check_exact(&seen, 1..=60);
+    eprintln!("duplicates: {dups}");
+    wait_for("reconnected", || gw.bridge_status().is_some_and(|b| b.connected && b.connects >= 2)).await;
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn gateway_sigkilled_mid_flight_at_qos1_resends_what_was_unacknowledged() {
+    sigkill_mid_flight(1).await;
+}
+
+#[tokio::test]
+async fn gateway_sigkilled_mid_flight_at_qos2_finishes_its_exchanges_after_restart() {
+    sigkill_mid_flight(2).await;
+}
+
+/// Readings are sent into a black hole (in flight, unacknowledged), the gateway is SIGKILLed once
+/// they are committed, and restarted with the link healed: every committed reading arrives, in
+/// order, on the resumed session.
+async fn sigkill_mid_flight(qos: u8) {
+    let mut s = setup().await;
+    let file = s.dir.path().join("gw.yaml");
+    std::fs::write(&file, at_qos(&s.config_text(""), qos)).unwrap();
+    let mut gw = run_binary(&file);
+    wait_device_open(gw.0.id(), &s.pty.path).await;
+    let mut seen = Vec::new();
+    write_range(&mut s.pty, 1..=30).await;
+    collect(&mut s.sub, &mut seen, 1..=30, WAIT).await;
+    s.proxy.set(Link::BlackHole);
+    write_range(&mut s.pty, 31..=80).await;
+    wait_for("80 accepted on disk", || queue_json(&file)["accepted"].as_u64() >= Some(80)).await;
+    gw.0.kill().unwrap();
+    gw.0.wait().unwrap();
+
+    s.proxy.set(Link::Pass);
+    gw = run_binary(&file);
+    wait_device_open(gw.0.id(), &s.pty.path).await;
+    write_range(&mut s.pty, 81..=90).await;
+    collect(&mut s.sub, &mut seen, 1..=90, WAIT * 2).await;
+    let dups = check_exact(&seen, 1..=90);
+    eprintln!("duplicates: {dups}");
+    wait_for("queue drained", || queue_json(&file)["depth"].as_u64() == Some(0)).await;
+    let q = queue_json(&file);
+    assert_eq!(q["accepted"].as_u64(), Some(90), "{q}");
+    assert_eq!(q["delivered"].as_u64(), Some(90), "{q}");
+    drop(gw);
 }

@@ -82,6 +82,16 @@ impl Mosquitto {
         self.child = None;
     }
 
+    /// Stops it with SIGTERM (Mosquitto saves its persistence file on the way out) and starts it
+    /// again on the same port.
+    pub async fn restart_gracefully(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill").args(["-TERM", &c.0.id().to_string()]).status().unwrap();
+            let _ = c.0.wait();
+        }
+        self.restart().await;
+    }
+
     /// Starts it again on the same port with the same config.
     pub async fn restart(&mut self) {
         self.kill();
@@ -92,6 +102,11 @@ impl Mosquitto {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Mosquitto settings that keep sessions and queued messages in `dir` across a graceful restart.
+pub fn persistence(dir: &Path) -> String {
+    format!("persistence true\npersistence_location {}/\n", dir.display())
 }
 
 /// What the proxy does with the link.

@@ -232,6 +232,16 @@ pub fn run_binary(config: &Path) -> ChildGuard {
     ChildGuard(child)
 }
 
+/// Waits until process `pid` has `device` open (its `/proc/PID/fd` links), e.g. a gateway's port.
+pub async fn wait_device_open(pid: u32, device: &Path) {
+    let holds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.flatten().any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == device)))
+            .unwrap_or(false)
+    };
+    wait_for(&format!("process {pid} opens {}", device.display()), holds).await;
+}
+
 /// Waits until something accepts TCP connections on `addr`.
 pub async fn wait_listening(addr: SocketAddr) {
     let deadline = std::time::Instant::now() + WAIT;

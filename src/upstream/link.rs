@@ -1,0 +1,493 @@
+//! The connection to the cloud broker: TCP (or TLS), one MQTT 3.1.1 session with
+//! `clean_session=false`, keepalive, the downlink, and reconnecting with backoff. It does the I/O
+//! and nothing else: what to send and what an acknowledgement means is the outbox's.
+//!
+//! Packets are encoded and decoded with rumqttc's MQTT codec (`rumqttc::mqttbytes::v4`); rumqttc's
+//! own event loop is not used, because it picks packet ids itself and forgets them with every
+//! connection, which loses QoS 2 messages on a resumed session (see `outbox`).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::v4::{self, Packet};
+use rumqttc::mqttbytes::{self, QoS};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::upstream::UpstreamSettings;
+use crate::local_broker::LocalBroker;
+use crate::store::{now_ms, Record, Store, StoreError};
+use crate::topic_map::OutMessage;
+use crate::upstream::outbox::{Outbox, Send};
+use crate::upstream::writer::Acceptor;
+use crate::upstream::{BridgeStatus, MAX_PACKET};
+
+/// How often the link hands acknowledgements and stages to the writer and refreshes its status.
+const TICK: Duration = Duration::from_millis(50);
+
+/// How long a clean shutdown waits for the broker to acknowledge the final `offline`.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+
+/// Bytes read from the socket at a time (a chunk, not a bound: packets up to `MAX_PACKET` are
+/// reassembled across reads).
+const READ_CHUNK_BYTES: usize = 16 * 1024;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + std::marker::Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + std::marker::Send> Io for T {}
+
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("connect timed out")]
+    ConnectTimeout,
+    #[error("broker refused the connection: {0:?}")]
+    Refused(v4::ConnectReturnCode),
+    #[error("broker closed the connection")]
+    Closed,
+    #[error("no answer from the broker within the keepalive ({0:?})")]
+    Silent(Duration),
+    #[error("sending to the broker stalled for {0:?}")]
+    WriteStalled(Duration),
+    #[error("broker sent a malformed packet: {0}")]
+    Protocol(#[from] mqttbytes::Error),
+    #[error("broker sent {0} where a CONNACK was expected")]
+    NotConnAck(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// One open connection: the stream and its buffers.
+struct Conn {
+    io: Box<dyn Io>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Longest a write may take before the link counts as dead (a black hole accepts bytes until the
+    /// socket buffer is full, then never again).
+    write_timeout: Duration,
+}
+
+impl Conn {
+    /// The next packet. Cancel-safe: bytes read stay in `rbuf`.
+    async fn read(&mut self) -> Result<Packet, LinkError> {
+        loop {
+            match v4::read(&mut self.rbuf, MAX_PACKET) {
+                Ok(p) => return Ok(p),
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                    self.rbuf.reserve(READ_CHUNK_BYTES);
+                    if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                        return Err(LinkError::Closed);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn put(&mut self, s: &Send) {
+        // Encoding into a BytesMut only fails for packets over the protocol's size, which the
+        // acceptor refuses to queue.
+        let r = match s {
+            Send::Publish { pkid, dup, record } => {
+                let mut p = v4::Publish::from_bytes(record.topic.clone(), qos(record.qos), record.payload.clone());
+                p.pkid = *pkid;
+                p.dup = *dup;
+                p.retain = record.retain;
+                p.write(&mut self.wbuf)
+            }
+            Send::PubRel { pkid } => v4::PubRel::new(*pkid).write(&mut self.wbuf),
+            Send::Subscribe { pkid, filters } => {
+                let mut sub =
+                    v4::Subscribe::new_many(filters.iter().map(|(f, q)| v4::SubscribeFilter::new(f.clone(), qos(*q))));
+                sub.pkid = *pkid;
+                sub.write(&mut self.wbuf)
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "packet not encoded; skipped");
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), LinkError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.io.write_all(&self.wbuf).await?;
+            self.io.flush().await
+        };
+        match tokio::time::timeout(self.write_timeout, write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(LinkError::WriteStalled(self.write_timeout)),
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// Opens the connection and completes CONNECT/CONNACK, all within `connect_timeout`.
+async fn connect(s: &UpstreamSettings) -> Result<(Conn, bool), LinkError> {
+    let open = async {
+        let tcp = TcpStream::connect((s.host.as_str(), s.port)).await?;
+        tcp.set_nodelay(true)?;
+        let io: Box<dyn Io> = match &s.tls {
+            None => Box::new(tcp),
+            Some(cfg) => {
+                let name = rustls::pki_types::ServerName::try_from(s.host.clone())
+                    .map_err(|e| LinkError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+                let tls = rumqttc::tokio_rustls::TlsConnector::from(cfg.clone());
+                Box::new(tls.connect(name, tcp).await.map_err(LinkError::Tls)?)
+            }
+        };
+        let mut conn = Conn {
+            io,
+            rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            wbuf: BytesMut::new(),
+            write_timeout: s.keepalive + s.connect_timeout,
+        };
+        let mut c = v4::Connect::new(s.client_id.clone());
+        c.keep_alive = s.keepalive.as_secs().clamp(1, u16::MAX as u64) as u16;
+        c.clean_session = false;
+        c.last_will = Some(v4::LastWill::new(s.status_topic.clone(), "offline", QoS::AtLeastOnce, true));
+        if let Some((u, p)) = &s.credentials {
+            c.set_login(u.clone(), p.clone());
+        }
+        c.write(&mut conn.wbuf)?;
+        conn.flush().await?;
+        match conn.read().await? {
+            Packet::ConnAck(a) if a.code == v4::ConnectReturnCode::Success => Ok((conn, a.session_present)),
+            Packet::ConnAck(a) => Err(LinkError::Refused(a.code)),
+            other => Err(LinkError::NotConnAck(packet_name(&other))),
+        }
+    };
+    match tokio::time::timeout(s.connect_timeout, open).await {
+        Ok(r) => r,
+        Err(_) => Err(LinkError::ConnectTimeout),
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::Publish(_) => "PUBLISH",
+        Packet::PubAck(_) => "PUBACK",
+        Packet::PubRec(_) => "PUBREC",
+        Packet::PubRel(_) => "PUBREL",
+        Packet::PubComp(_) => "PUBCOMP",
+        Packet::Subscribe(_) => "SUBSCRIBE",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::Unsubscribe(_) => "UNSUBSCRIBE",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingReq => "PINGREQ",
+        Packet::PingResp => "PINGRESP",
+        Packet::Disconnect => "DISCONNECT",
+    }
+}
+
+pub(crate) struct Link {
+    pub settings: Arc<UpstreamSettings>,
+    pub store: Arc<Store>,
+    pub writer: Acceptor,
+    pub committed: Arc<Notify>,
+    pub broker: Arc<LocalBroker>,
+    pub status: watch::Sender<BridgeStatus>,
+    pub cancel: CancellationToken,
+}
+
+enum End {
+    Cancelled,
+    Failed { error: String, connected: bool },
+}
+
+impl Link {
+    pub async fn run(self) {
+        let mut outbox = Outbox::new(self.settings.queue.inflight, self.settings.queue.replay_rate, Instant::now());
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.in_flight()).await {
+            Ok(Ok(flights)) => {
+                if !flights.is_empty() {
+                    tracing::info!(messages = flights.len(), "QoS 2 messages in flight before the restart");
+                }
+                outbox.restore(flights);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "QoS 2 stages not read; their messages are sent again"),
+            Err(e) => tracing::warn!(error = %e, "QoS 2 stages not read; their messages are sent again"),
+        }
+        // QoS 2 messages received from the cloud, PUBREC'd and not yet released (MQTT 3.1.1 §4.3.3
+        // method B: delivered once, on first receipt).
+        let mut held = HashSet::new();
+        let mut backoff = self.settings.backoff_min;
+        let mut last_logged: Option<String> = None;
+        loop {
+            let queue = self.store.status();
+            self.status.send_modify(|s| s.queue = queue);
+            let end = match connect(&self.settings).await {
+                Ok((conn, session_present)) => self.session(conn, session_present, &mut outbox, &mut held).await,
+                Err(e) => End::Failed { error: e.to_string(), connected: false },
+            };
+            outbox.disconnected();
+            // Acknowledged before the link broke: deleted before the next connection reads the
+            // backlog, so they are not sent again.
+            self.writer.progress(outbox.take_acked(), outbox.take_stages(), true).await;
+            match end {
+                End::Cancelled => return,
+                End::Failed { error, connected } => {
+                    if connected {
+                        backoff = self.settings.backoff_min;
+                    }
+                    // The same error on every retry is logged once, not every few seconds.
+                    if last_logged.as_ref() != Some(&error) {
+                        tracing::warn!(broker = %self.status.borrow().broker, %error, "upstream connection failed");
+                        last_logged = Some(error.clone());
+                    }
+                    self.status.send_modify(|s| {
+                        s.connected = false;
+                        s.replaying = false;
+                        s.last_error = Some(error);
+                    });
+                }
+            }
+            // Full jitter over the upper half: gateways that lost the same broker do not come back in step.
+            let wait = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            backoff = (backoff * 2).min(self.settings.backoff_max);
+        }
+    }
+
+    fn status_record(&self, payload: &'static str) -> Record {
+        Record {
+            topic: self.settings.status_topic.clone(),
+            payload: payload.into(),
+            qos: 1,
+            retain: true,
+            accepted_ms: now_ms(),
+        }
+    }
+
+    async fn session(
+        &self,
+        mut conn: Conn,
+        session_present: bool,
+        outbox: &mut Outbox,
+        held: &mut HashSet<u16>,
+    ) -> End {
+        let connected_at = Instant::now();
+        let failed = |e: LinkError| End::Failed {
+            error: format!("{e} (after {:.1?} connected)", connected_at.elapsed()),
+            connected: true,
+        };
+        tracing::info!(broker = %self.status.borrow().broker, session_present, "upstream connected");
+        if !session_present {
+            held.clear();
+        }
+        let store = self.store.clone();
+        let split = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let last = store.last_id()?;
+            Ok((last, store.topic_counts(last)?))
+        })
+        .await;
+        let (last, counts) = match split {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return failed(e.into()),
+            Err(e) => return failed(e.into()),
+        };
+        if !counts.is_empty() {
+            tracing::info!(messages = counts.values().sum::<u64>(), topics = counts.len(), "replaying backlog");
+        }
+        // Resends owed from the last connection go first, then the birth and the subscriptions.
+        outbox.connected(session_present, last, counts, Instant::now());
+        outbox.send_status(self.status_record("online"));
+        outbox.send_subscribe(self.settings.downlink.iter().map(|d| (d.filter.clone(), d.qos)).collect());
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.connects += 1;
+            s.last_error = None;
+            s.replaying = outbox.replaying();
+        });
+        let keepalive = self.settings.keepalive;
+        let mut ping_at = Instant::now() + keepalive;
+        let mut awaiting_pong = false;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_replaying = outbox.replaying();
+        loop {
+            if let Err(e) = self.fill(outbox, &mut conn).await {
+                return failed(e);
+            }
+            if let Err(e) = conn.flush().await {
+                return failed(e);
+            }
+            if was_replaying && !outbox.replaying() {
+                tracing::info!("backlog replayed");
+            }
+            was_replaying = outbox.replaying();
+            let wake = outbox.replay_wakeup(Instant::now()).unwrap_or(ping_at).min(ping_at);
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    self.goodbye(outbox, &mut conn, held).await;
+                    return End::Cancelled;
+                }
+                p = conn.read() => match p {
+                    Ok(p) => {
+                        if matches!(p, Packet::PingResp) {
+                            awaiting_pong = false;
+                        }
+                        if let Err(e) = self.incoming(p, outbox, &mut conn, held).await {
+                            return failed(e);
+                        }
+                    }
+                    Err(e) => return failed(e),
+                },
+                _ = self.committed.notified() => outbox.committed(),
+                _ = tick.tick() => {
+                    self.writer.progress(outbox.take_acked(), outbox.take_stages(), false).await;
+                    let queue = self.store.status();
+                    let replaying = outbox.replaying();
+                    self.status.send_if_modified(|s| {
+                        let changed = s.queue != queue || s.replaying != replaying;
+                        s.queue = queue;
+                        s.replaying = replaying;
+                        changed
+                    });
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= ping_at {
+                        if awaiting_pong {
+                            return failed(LinkError::Silent(keepalive));
+                        }
+                        if let Err(e) = v4::PingReq.write(&mut conn.wbuf) {
+                            return failed(e.into());
+                        }
+                        awaiting_pong = true;
+                        ping_at = Instant::now() + keepalive;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Puts on the wire what the outbox allows now, reading the store as it asks.
+    async fn fill(&self, outbox: &mut Outbox, conn: &mut Conn) -> Result<(), LinkError> {
+        loop {
+            if let Some(r) = outbox.next_read() {
+                let store = self.store.clone();
+                let rows = tokio::task::spawn_blocking(move || store.read(r.after, r.before, r.limit)).await??;
+                outbox.rows(r, rows);
+                continue;
+            }
+            match outbox.next_send(Instant::now()) {
+                Some(s) => conn.put(&s),
+                None if outbox.next_read().is_some() => continue,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    async fn incoming(
+        &self,
+        p: Packet,
+        outbox: &mut Outbox,
+        conn: &mut Conn,
+        held: &mut HashSet<u16>,
+    ) -> Result<(), LinkError> {
+        match p {
+            Packet::PubAck(a) => {
+                outbox.puback(a.pkid);
+            }
+            Packet::PubRec(r) => {
+                let rel = outbox.pubrec(r.pkid);
+                conn.put(&rel);
+            }
+            Packet::PubComp(c) => outbox.pubcomp(c.pkid),
+            Packet::SubAck(a) => {
+                outbox.suback(a.pkid);
+                if a.return_codes.iter().any(|c| matches!(c, v4::SubscribeReasonCode::Failure)) {
+                    tracing::warn!("the cloud broker refused a downlink subscription (check its ACL)");
+                }
+            }
+            Packet::Publish(p) => match p.qos {
+                QoS::AtMostOnce => self.downlink(p).await,
+                QoS::AtLeastOnce => {
+                    let pkid = p.pkid;
+                    self.downlink(p).await;
+                    v4::PubAck::new(pkid).write(&mut conn.wbuf)?;
+                }
+                QoS::ExactlyOnce => {
+                    let pkid = p.pkid;
+                    if held.insert(pkid) {
+                        self.downlink(p).await;
+                    }
+                    v4::PubRec::new(pkid).write(&mut conn.wbuf)?;
+                }
+            },
+            Packet::PubRel(r) => {
+                held.remove(&r.pkid);
+                v4::PubComp::new(r.pkid).write(&mut conn.wbuf)?;
+            }
+            Packet::Disconnect => return Err(LinkError::Closed),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn downlink(&self, p: v4::Publish) {
+        let Some(rule) = self.settings.downlink.iter().find(|d| rumqttc::matches(&p.topic, &d.filter)) else {
+            return;
+        };
+        let topic = p.topic.strip_prefix(rule.strip_prefix.as_str()).unwrap_or(&p.topic).to_string();
+        let msg = OutMessage { topic, payload: p.payload, qos: p.qos as u8, retain: p.retain };
+        if let Err(e) = self.broker.publish(&msg).await {
+            tracing::warn!(topic = %msg.topic, error = %e, "downlink message not published locally");
+        }
+    }
+
+    /// Clean stop: retained `offline` (the will is not sent on a clean DISCONNECT), acknowledged
+    /// within `GOODBYE_WAIT`, then DISCONNECT.
+    async fn goodbye(&self, outbox: &mut Outbox, conn: &mut Conn, held: &mut HashSet<u16>) {
+        outbox.send_status(self.status_record("offline"));
+        let deadline = Instant::now() + GOODBYE_WAIT;
+        loop {
+            if self.fill(outbox, conn).await.is_err() || conn.flush().await.is_err() {
+                break;
+            }
+            if !outbox.status_unacked() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, conn.read()).await {
+                Ok(Ok(p)) => {
+                    if self.incoming(p, outbox, conn, held).await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        // Unacknowledged `offline`: no DISCONNECT, so the broker publishes the will (`offline`) instead.
+        if !outbox.status_unacked() && v4::Disconnect.write(&mut conn.wbuf).is_ok() {
+            // Long enough for a DISCONNECT to reach a live broker; a dead one is not waited for.
+            let _ = tokio::time::timeout(Duration::from_millis(200), conn.flush()).await;
+        }
+    }
+}

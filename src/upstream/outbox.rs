@@ -1,0 +1,715 @@
+//! The bridge's send/acknowledge bookkeeping as a pure state machine: which queued message goes out
+//! next, under which MQTT packet id, and which queue ids the cloud broker has acknowledged. No I/O
+//! and no clock of its own: the link feeds it store rows, the broker's packets and the time, and
+//! puts on the wire what it returns.
+//!
+//! Invariants:
+//! - A packet id is never reused while the broker may still hold it: an id is taken when its PUBLISH
+//!   (or SUBSCRIBE, or PUBREL) goes out and given back only on PUBACK, PUBCOMP or SUBACK. Flights
+//!   survive a broken link: on a resumed session every unfinished QoS 1/2 PUBLISH is sent again with
+//!   its own id and DUP set, and every QoS 2 message past PUBREC gets its PUBREL again, before
+//!   anything new (MQTT 3.1.1 §4.4). On a fresh session they are sent again as new messages.
+//! - After a restart the ids of the previous run are known only as far as their stage was committed
+//!   (`restore`). On the first resumed session of a run, every other id in `PKID_SPACE` gets a PUBREL
+//!   before it is used, so a QoS 2 id the broker still holds unreleased can never swallow a new
+//!   message. (A message whose stage was not yet committed may then arrive twice, never not at all.)
+//! - Per upstream topic, messages go out in queue order: on (re)connect the queue up to its newest id
+//!   is the backlog, replayed oldest first at `replay_rate`; newer (live) messages go out at once
+//!   unless their topic still has backlog, in which case they wait behind it.
+//! - A queue id is reported acknowledged (`take_acked`) exactly when the broker's PUBACK or PUBCOMP
+//!   for it arrived (or when it went out at QoS 0); only then may the store delete it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use tokio::time::Instant;
+
+use crate::store::{Queued, Record};
+
+/// Packet ids this client uses (1..=PKID_SPACE). More than twice the largest window (1,000), so a
+/// free id is always at hand; small enough that the release sweep after a restart is 8 KiB.
+pub const PKID_SPACE: u16 = 2048;
+
+/// Most QoS 2 messages in flight at once, whatever the window. MQTT 3.1.1 has no way for a broker to
+/// say how many unreleased QoS 2 messages it takes per client, and Mosquitto answers one past its
+/// `max_inflight_messages` (default 20) with a plain PUBREC and discards it; VerneMQ's default is
+/// also 20 and HiveMQ's receive maximum 10. Ten stays inside all of them.
+pub const QOS2_WINDOW: usize = 10;
+
+/// Messages read from the store at a time (per cursor): an acknowledgement is then answered from
+/// memory, not with a store read per message.
+pub const READ_CHUNK: usize = 256;
+
+/// How far a QoS 2 message has got; what the store keeps of it (`stage` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    /// PUBLISH sent, no PUBREC yet.
+    Published = 1,
+    /// PUBREC received and PUBREL sent, no PUBCOMP yet.
+    Released = 2,
+}
+
+impl Stage {
+    pub fn from_db(v: i64) -> Option<Stage> {
+        match v {
+            1 => Some(Stage::Published),
+            2 => Some(Stage::Released),
+            _ => None,
+        }
+    }
+}
+
+/// A QoS 2 message's packet id and stage, for the store to commit with the queue (stage None: the
+/// message went back to unsent, e.g. after the broker lost the session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageChange {
+    pub id: i64,
+    pub pkid: u16,
+    pub stage: Option<Stage>,
+}
+
+/// What the link must put on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Send {
+    /// `pkid` is 0 at QoS 0.
+    Publish {
+        pkid: u16,
+        dup: bool,
+        record: Record,
+    },
+    PubRel {
+        pkid: u16,
+    },
+    /// Downlink subscriptions: (filter, QoS).
+    Subscribe {
+        pkid: u16,
+        filters: Vec<(String, u8)>,
+    },
+}
+
+/// The gateway's own packets that need an id: sent after what is owed, as soon as an id is free.
+#[derive(Debug, Clone)]
+enum Control {
+    Status(Record),
+    Subscribe(Vec<(String, u8)>),
+}
+
+/// Which cursor a store read is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Live,
+    Replay,
+}
+
+/// A store read the outbox needs: queued rows with `after < id < before`, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    pub side: Side,
+    pub after: i64,
+    pub before: i64,
+    pub limit: usize,
+}
+
+/// What holds a packet id.
+#[derive(Debug, Clone)]
+enum Flight {
+    /// A queued message (QoS 1 or 2).
+    Data { id: i64, record: Record, stage: Stage },
+    /// The gateway's own status (birth, goodbye): QoS 1, not queued, not resent on a new connection.
+    Status,
+    /// A downlink SUBSCRIBE awaiting its SUBACK.
+    Subscribe,
+    /// A PUBREL of the release sweep, for an id the previous run may have left unreleased.
+    Release,
+}
+
+pub struct Outbox {
+    /// Most queued messages sent and not yet acknowledged.
+    window: usize,
+    /// Backlog messages per second.
+    replay_rate: f64,
+    /// Where the search for a free packet id starts.
+    next_pkid: u16,
+    /// Each id in use, with the sequence number it was taken at (to resend in the original order).
+    flights: HashMap<u16, (u64, Flight)>,
+    seq: u64,
+    /// Queue ids currently in `flights` (the cursors skip them).
+    flying: HashSet<i64>,
+    /// How many of them are QoS 2 (bounded by `QOS2_WINDOW`).
+    flying_qos2: usize,
+    /// Packets owed before anything new: resends after a reconnect and the release sweep.
+    urgent: VecDeque<Send>,
+    /// Status messages and subscriptions waiting for a free packet id.
+    control: VecDeque<Control>,
+    acked: Vec<i64>,
+    stages: Vec<StageChange>,
+    connected: bool,
+    /// Whether this run has not yet had a resumed session (the release sweep is then owed).
+    sweep_owed: bool,
+    /// Live cursor: the newest id looked at (sent, deferred to the replay, or skipped).
+    live_pos: i64,
+    /// How far the live side has read, and whether the store may have more (cleared by a short read,
+    /// set by `committed`).
+    live_read: i64,
+    live_more: bool,
+    live_buf: VecDeque<Queued>,
+    /// Replay cursor: the newest backlog id read; None when there is no replay.
+    replay_pos: Option<i64>,
+    replay_buf: VecDeque<Queued>,
+    /// Per topic: messages up to the replay cursor's end that the replay still has to send.
+    backlog: HashMap<String, u64>,
+    /// Live messages sent ahead of the replay cursor, which the replay must skip.
+    sent_live: HashSet<i64>,
+    /// Resent backlog messages acknowledged before the replay cursor reached them (the store deletes
+    /// them only with its next commit): the replay skips them as done.
+    done_ahead: HashSet<i64>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl Outbox {
+    pub fn new(window: u16, replay_rate: u32, now: Instant) -> Outbox {
+        Outbox {
+            window: window.max(1) as usize,
+            replay_rate: replay_rate.max(1) as f64,
+            next_pkid: 1,
+            flights: HashMap::new(),
+            seq: 0,
+            flying: HashSet::new(),
+            flying_qos2: 0,
+            urgent: VecDeque::new(),
+            control: VecDeque::new(),
+            acked: Vec::new(),
+            stages: Vec::new(),
+            connected: false,
+            sweep_owed: true,
+            live_pos: 0,
+            live_read: 0,
+            live_more: false,
+            live_buf: VecDeque::new(),
+            replay_pos: None,
+            replay_buf: VecDeque::new(),
+            backlog: HashMap::new(),
+            sent_live: HashSet::new(),
+            done_ahead: HashSet::new(),
+            tokens: 0.0,
+            refilled: now,
+        }
+    }
+
+    /// QoS 2 messages an earlier run had in flight, with the packet id and stage it committed.
+    pub fn restore(&mut self, flights: Vec<(Queued, u16, Stage)>) {
+        for (q, pkid, stage) in flights {
+            if pkid == 0 || pkid > PKID_SPACE || self.flights.contains_key(&pkid) || q.record.qos != 2 {
+                continue;
+            }
+            self.flying.insert(q.id);
+            self.flying_qos2 += 1;
+            self.hold(pkid, Flight::Data { id: q.id, record: q.record, stage });
+        }
+    }
+
+    fn hold(&mut self, pkid: u16, flight: Flight) {
+        self.seq += 1;
+        self.flights.insert(pkid, (self.seq, flight));
+    }
+
+    /// The broker accepted a connection. `last_id` is the newest queued id and `backlog` the number
+    /// of queued messages per topic up to it (both read when the CONNACK came).
+    pub fn connected(&mut self, session_present: bool, last_id: i64, backlog: HashMap<String, u64>, now: Instant) {
+        self.connected = true;
+        self.urgent.clear();
+        self.control.clear();
+        let mut order: Vec<(u64, u16)> = self.flights.iter().map(|(p, (seq, _))| (*seq, *p)).collect();
+        order.sort_unstable();
+        for (_, pkid) in order {
+            let Some((_, flight)) = self.flights.get_mut(&pkid) else { continue };
+            match flight {
+                Flight::Data { id, record, stage } => {
+                    if session_present {
+                        self.urgent.push_back(match stage {
+                            Stage::Published => Send::Publish { pkid, dup: true, record: record.clone() },
+                            Stage::Released => Send::PubRel { pkid },
+                        });
+                    } else {
+                        if *stage == Stage::Released {
+                            *stage = Stage::Published;
+                            self.stages.push(StageChange { id: *id, pkid, stage: Some(Stage::Published) });
+                        }
+                        self.urgent.push_back(Send::Publish { pkid, dup: false, record: record.clone() });
+                    }
+                }
+                Flight::Release if session_present => self.urgent.push_back(Send::PubRel { pkid }),
+                // Status messages are sent afresh by the link; subscriptions are made again; a
+                // fresh session holds nothing to release.
+                Flight::Status | Flight::Subscribe | Flight::Release => {
+                    self.flights.remove(&pkid);
+                }
+            }
+        }
+        if session_present && self.sweep_owed {
+            for pkid in 1..=PKID_SPACE {
+                if !self.flights.contains_key(&pkid) {
+                    self.hold(pkid, Flight::Release);
+                    self.urgent.push_back(Send::PubRel { pkid });
+                }
+            }
+        }
+        // Whichever session this is, from now on every id the broker can hold is one we know.
+        self.sweep_owed = false;
+        self.live_pos = last_id;
+        self.live_read = last_id;
+        self.live_more = true;
+        self.live_buf.clear();
+        self.replay_buf.clear();
+        self.sent_live.clear();
+        self.done_ahead.clear();
+        // One token to start with: the first backlog message need not wait a whole period.
+        self.tokens = 1.0;
+        self.refilled = now;
+        self.backlog = backlog;
+        self.backlog.retain(|_, n| *n > 0);
+        self.replay_pos = if self.backlog.is_empty() { None } else { Some(0) };
+    }
+
+    /// The link broke. Flights are kept for the next connection.
+    pub fn disconnected(&mut self) {
+        self.connected = false;
+        self.urgent.clear();
+    }
+
+    /// The store committed new rows: the live side may read again.
+    pub fn committed(&mut self) {
+        self.live_more = true;
+    }
+
+    pub fn replaying(&self) -> bool {
+        self.replay_pos.is_some()
+    }
+
+    /// Queued messages sent and not yet acknowledged.
+    pub fn outstanding(&self) -> usize {
+        self.flying.len()
+    }
+
+    fn room(&self) -> bool {
+        // Ids run out only while the release sweep holds them all; then nothing new can go.
+        self.connected && self.flying.len() < self.window && self.has_free_pkid()
+    }
+
+    /// The store read to do before `next_send` can go on, if any.
+    pub fn next_read(&self) -> Option<Read> {
+        if !self.room() {
+            return None;
+        }
+        if self.live_buf.is_empty() && self.live_more {
+            return Some(Read { side: Side::Live, after: self.live_read, before: i64::MAX, limit: READ_CHUNK });
+        }
+        match self.replay_pos {
+            Some(pos) if self.replay_buf.is_empty() => {
+                Some(Read { side: Side::Replay, after: pos, before: self.live_pos + 1, limit: READ_CHUNK })
+            }
+            _ => None,
+        }
+    }
+
+    /// The rows a `Read` asked for.
+    pub fn rows(&mut self, read: Read, rows: Vec<Queued>) {
+        match read.side {
+            Side::Live => {
+                if rows.len() < read.limit {
+                    self.live_more = false;
+                }
+                if let Some(last) = rows.last() {
+                    self.live_read = self.live_read.max(last.id);
+                }
+                self.live_buf.extend(rows);
+            }
+            Side::Replay => {
+                let Some(last) = rows.last() else {
+                    self.replay_pos = None;
+                    self.backlog.clear();
+                    self.sent_live.clear();
+                    self.done_ahead.clear();
+                    return;
+                };
+                self.replay_pos = Some(last.id);
+                self.replay_buf.extend(rows);
+            }
+        }
+    }
+
+    fn take_pkid(&mut self) -> Option<u16> {
+        for _ in 0..PKID_SPACE {
+            let p = self.next_pkid;
+            self.next_pkid = if p >= PKID_SPACE { 1 } else { p + 1 };
+            if !self.flights.contains_key(&p) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Queues the gateway's own status message (QoS 1, not stored: the next connection sends its own).
+    pub fn send_status(&mut self, record: Record) {
+        self.control.push_back(Control::Status(record));
+    }
+
+    /// Queues a SUBSCRIBE for the downlink filters.
+    pub fn send_subscribe(&mut self, filters: Vec<(String, u8)>) {
+        if !filters.is_empty() {
+            self.control.push_back(Control::Subscribe(filters));
+        }
+    }
+
+    /// Whether a status message is queued or not yet acknowledged.
+    pub fn status_unacked(&self) -> bool {
+        self.control.iter().any(|c| matches!(c, Control::Status(_)))
+            || self.flights.values().any(|(_, f)| matches!(f, Flight::Status))
+    }
+
+    fn has_free_pkid(&self) -> bool {
+        self.flights.len() < PKID_SPACE as usize
+    }
+
+    pub fn suback(&mut self, pkid: u16) {
+        if matches!(self.flights.get(&pkid), Some((_, Flight::Subscribe))) {
+            self.flights.remove(&pkid);
+        }
+    }
+
+    /// Hands out a queued message under a new packet id; only called when `room()` says one is free.
+    fn launch(&mut self, q: Queued) -> Send {
+        if q.record.qos == 0 {
+            self.acked.push(q.id);
+            return Send::Publish { pkid: 0, dup: false, record: q.record };
+        }
+        let pkid = self.take_pkid().unwrap_or(PKID_SPACE);
+        if q.record.qos == 2 {
+            self.flying_qos2 += 1;
+            self.stages.push(StageChange { id: q.id, pkid, stage: Some(Stage::Published) });
+        }
+        self.flying.insert(q.id);
+        let record = q.record.clone();
+        self.hold(pkid, Flight::Data { id: q.id, record: q.record, stage: Stage::Published });
+        Send::Publish { pkid, dup: false, record }
+    }
+
+    /// The next packet to send, if the window, the replay rate and the rows read allow one. When this
+    /// returns None, ask `next_read`; when both do, wait for the broker, a commit or a tick.
+    pub fn next_send(&mut self, now: Instant) -> Option<Send> {
+        if !self.connected {
+            return None;
+        }
+        if let Some(s) = self.urgent.pop_front() {
+            return Some(s);
+        }
+        if self.has_free_pkid() {
+            if let Some(c) = self.control.pop_front() {
+                let pkid = self.take_pkid().unwrap_or(PKID_SPACE);
+                return Some(match c {
+                    Control::Status(record) => {
+                        self.hold(pkid, Flight::Status);
+                        Send::Publish { pkid, dup: false, record }
+                    }
+                    Control::Subscribe(filters) => {
+                        self.hold(pkid, Flight::Subscribe);
+                        Send::Subscribe { pkid, filters }
+                    }
+                });
+            }
+        }
+        // Live: everything accepted since the connection came up.
+        while self.room() {
+            let Some(q) = self.live_buf.pop_front() else { break };
+            if q.record.qos == 2 && self.flying_qos2 >= QOS2_WINDOW && !self.flying.contains(&q.id) {
+                // Waits for a QoS 2 slot; nothing behind it overtakes it.
+                self.live_buf.push_front(q);
+                return None;
+            }
+            self.live_pos = q.id;
+            if self.flying.contains(&q.id) {
+                continue;
+            }
+            let behind_backlog = self.replay_pos.is_some() && self.backlog.get(&q.record.topic).is_some_and(|n| *n > 0);
+            if behind_backlog {
+                // Same topic still has older messages to replay: it goes out with them, in order.
+                *self.backlog.entry(q.record.topic.clone()).or_default() += 1;
+                continue;
+            }
+            if self.replay_pos.is_some() {
+                self.sent_live.insert(q.id);
+            }
+            return Some(self.launch(q));
+        }
+        // Replay: oldest first, at most `replay_rate` per second, never past what the live side has
+        // looked at, so deferred live messages are sent by the replay, in order.
+        self.replay_pos?;
+        // At most a fifth of a second's worth saved up, so a replay does not start with a burst.
+        let cap = (self.replay_rate / 5.0).max(1.0);
+        self.tokens = (self.tokens + self.replay_rate * now.duration_since(self.refilled).as_secs_f64()).min(cap);
+        self.refilled = now;
+        while self.room() && self.tokens >= 1.0 {
+            let q = self.replay_buf.pop_front()?;
+            if q.record.qos == 2 && self.flying_qos2 >= QOS2_WINDOW && !self.flying.contains(&q.id) {
+                self.replay_buf.push_front(q);
+                return None;
+            }
+            if self.sent_live.remove(&q.id) {
+                continue;
+            }
+            let topic_done = |b: &mut HashMap<String, u64>, t: &str| {
+                if let Some(n) = b.get_mut(t) {
+                    *n = n.saturating_sub(1);
+                }
+            };
+            if self.flying.contains(&q.id) || self.done_ahead.remove(&q.id) {
+                // Resent as a flight already.
+                topic_done(&mut self.backlog, &q.record.topic);
+                continue;
+            }
+            self.tokens -= 1.0;
+            topic_done(&mut self.backlog, &q.record.topic);
+            return Some(self.launch(q));
+        }
+        None
+    }
+
+    /// When the replay rate next allows a message (for the link's timer), if it is waiting on it.
+    pub fn replay_wakeup(&self, now: Instant) -> Option<Instant> {
+        if self.replay_pos.is_none() || self.tokens >= 1.0 || !self.room() {
+            return None;
+        }
+        let secs = (1.0 - self.tokens) / self.replay_rate;
+        Some(self.refilled.max(now) + std::time::Duration::from_secs_f64(secs))
+    }
+
+    fn finish(&mut self, pkid: u16) {
+        if let Some((_, Flight::Data { id, record, .. })) = self.flights.remove(&pkid) {
+            self.flying.remove(&id);
+            if record.qos == 2 {
+                self.flying_qos2 -= 1;
+            }
+            self.acked.push(id);
+            if self.replay_pos.is_some_and(|pos| id > pos) && !self.sent_live.contains(&id) {
+                self.done_ahead.insert(id);
+            }
+        }
+    }
+
+    /// PUBACK: a QoS 1 message (or status message) is delivered. Returns whether the id was ours.
+    pub fn puback(&mut self, pkid: u16) -> bool {
+        match self.flights.get(&pkid) {
+            Some((_, Flight::Data { record, .. })) if record.qos == 1 => {
+                self.finish(pkid);
+                true
+            }
+            Some((_, Flight::Status)) => {
+                self.flights.remove(&pkid);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC: the broker has a QoS 2 message; the PUBREL to send back. An id we do not know is
+    /// released too: only the broker can be holding it.
+    pub fn pubrec(&mut self, pkid: u16) -> Send {
+        if let Some((_, Flight::Data { id, stage, record })) = self.flights.get_mut(&pkid) {
+            if record.qos == 2 && *stage == Stage::Published {
+                *stage = Stage::Released;
+                self.stages.push(StageChange { id: *id, pkid, stage: Some(Stage::Released) });
+            }
+        }
+        Send::PubRel { pkid }
+    }
+
+    /// PUBCOMP: a QoS 2 message is delivered (or a sweep id released).
+    pub fn pubcomp(&mut self, pkid: u16) {
+        match self.flights.get(&pkid) {
+            Some((_, Flight::Data { stage: Stage::Released, .. })) => self.finish(pkid),
+            Some((_, Flight::Release)) => {
+                self.flights.remove(&pkid);
+            }
+            _ => {}
+        }
+    }
+
+    /// Queue ids acknowledged since the last call (the store may delete them).
+    pub fn take_acked(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.acked)
+    }
+
+    /// QoS 2 stage changes since the last call (the store commits them with the queue).
+    pub fn take_stages(&mut self) -> Vec<StageChange> {
+        std::mem::take(&mut self.stages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn q(id: i64, topic: &str, qos: u8) -> Queued {
+        Queued {
+            id,
+            record: Record { topic: topic.into(), payload: id.to_string().into(), qos, retain: false, accepted_ms: 0 },
+        }
+    }
+
+    /// Drives the outbox against an in-memory queue until it has nothing more to send now.
+    fn pump(o: &mut Outbox, queue: &[Queued], now: Instant) -> Vec<Send> {
+        let mut out = Vec::new();
+        loop {
+            if let Some(r) = o.next_read() {
+                let rows = queue.iter().filter(|x| x.id > r.after && x.id < r.before).take(r.limit).cloned().collect();
+                o.rows(r, rows);
+                continue;
+            }
+            match o.next_send(now) {
+                Some(s) => out.push(s),
+                None if o.next_read().is_some() => continue,
+                None => return out,
+            }
+        }
+    }
+
+    fn ids(sends: &[Send]) -> Vec<(u16, bool, String)> {
+        sends
+            .iter()
+            .map(|s| match s {
+                Send::Publish { pkid, dup, record } => {
+                    (*pkid, *dup, String::from_utf8(record.payload.to_vec()).unwrap())
+                }
+                Send::PubRel { pkid } => (*pkid, false, "rel".into()),
+                Send::Subscribe { pkid, .. } => (*pkid, false, "sub".into()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_resumed_session_resends_unfinished_qos2_with_the_same_ids_before_anything_new() {
+        let t = Instant::now();
+        let mut o = Outbox::new(10, 1000, t);
+        o.sweep_owed = false;
+        let mut queue: Vec<Queued> = (1..=3).map(|i| q(i, "t", 2)).collect();
+        o.connected(true, 0, HashMap::new(), t);
+        let sent = pump(&mut o, &queue, t);
+        assert_eq!(ids(&sent), vec![(1, false, "1".into()), (2, false, "2".into()), (3, false, "3".into())]);
+        // 1 is complete, 2 got its PUBREC (PUBREL sent), 3 nothing; then the link breaks.
+        assert_eq!(o.pubrec(1), Send::PubRel { pkid: 1 });
+        o.pubcomp(1);
+        o.pubrec(2);
+        assert_eq!(o.take_acked(), vec![1]);
+        o.disconnected();
+        queue.remove(0);
+        queue.push(q(4, "t", 2));
+        o.connected(true, 4, HashMap::from([("t".to_string(), 3)]), t + Duration::from_secs(1));
+        let sent = pump(&mut o, &queue, t + Duration::from_secs(1));
+        // PUBREL 2 and PUBLISH 3 (DUP) again, then 4 under an id the broker does not hold.
+        assert_eq!(ids(&sent), vec![(2, false, "rel".into()), (3, true, "3".into()), (4, false, "4".into())]);
+    }
+
+    #[test]
+    fn a_lost_session_resends_everything_unfinished_as_new() {
+        let t = Instant::now();
+        let mut o = Outbox::new(10, 1000, t);
+        let queue: Vec<Queued> = (1..=2).map(|i| q(i, "t", 2)).collect();
+        o.connected(false, 0, HashMap::new(), t);
+        pump(&mut o, &queue, t);
+        o.pubrec(1);
+        o.disconnected();
+        o.connected(false, 2, HashMap::from([("t".to_string(), 2)]), t);
+        let sent = pump(&mut o, &queue, t);
+        assert_eq!(ids(&sent), vec![(1, false, "1".into()), (2, false, "2".into())]);
+        assert!(o.take_stages().iter().any(|c| c.id == 1 && c.stage == Some(Stage::Published)));
+    }
+
+    #[test]
+    fn the_first_resumed_session_after_a_restart_releases_every_unknown_id_first() {
+        let t = Instant::now();
+        let mut o = Outbox::new(10, 1000, t);
+        o.restore(vec![(q(7, "t", 2), 5, Stage::Released)]);
+        let queue = vec![q(7, "t", 2), q(8, "t", 2)];
+        o.connected(true, 8, HashMap::from([("t".to_string(), 2)]), t);
+        let birth = q(0, "status", 1).record;
+        o.send_status(birth.clone());
+        let sent = pump(&mut o, &queue, t);
+        // The restored PUBREL, then one PUBREL per other id; nothing new while all ids are taken.
+        assert_eq!(sent.len(), PKID_SPACE as usize);
+        assert_eq!(sent[0], Send::PubRel { pkid: 5 });
+        assert!(sent.iter().all(|s| matches!(s, Send::PubRel { .. })));
+        for p in 1..=PKID_SPACE {
+            o.pubcomp(p);
+        }
+        assert_eq!(o.take_acked(), vec![7]);
+        // The birth waited for a released id, then new messages go.
+        let sent = pump(&mut o, &queue, t + Duration::from_secs(1));
+        assert_eq!(ids(&sent), vec![(1, false, "0".into()), (2, false, "8".into())]);
+        assert!(o.status_unacked());
+        assert!(o.puback(1));
+        assert!(!o.status_unacked());
+        // A later resumed session owes no sweep.
+        o.disconnected();
+        o.connected(true, 8, HashMap::new(), t);
+        assert_eq!(ids(&pump(&mut o, &queue, t)), vec![(2, true, "8".into())]);
+    }
+
+    #[test]
+    fn ids_are_not_reused_while_held_and_the_window_bounds_what_is_outstanding() {
+        let t = Instant::now();
+        let mut o = Outbox::new(3, 1000, t);
+        let queue: Vec<Queued> = (1..=10).map(|i| q(i, "t", 1)).collect();
+        o.connected(false, 0, HashMap::new(), t);
+        let sent = pump(&mut o, &queue, t);
+        assert_eq!(sent.len(), 3);
+        assert!(o.puback(2));
+        let sent = pump(&mut o, &queue, t);
+        assert_eq!(ids(&sent), vec![(4, false, "4".into())]);
+        assert_eq!(o.take_acked(), vec![2]);
+        assert!(!o.puback(2), "a second PUBACK for a finished id is not ours");
+    }
+
+    #[test]
+    fn live_messages_of_a_topic_with_backlog_wait_behind_it_and_others_go_at_once() {
+        let t = Instant::now();
+        let mut o = Outbox::new(100, 5, t);
+        // Backlog: 1..=3 on "old"; live: 4 on "old", 5 on "new".
+        let queue = vec![q(1, "old", 1), q(2, "old", 1), q(3, "old", 1), q(4, "old", 1), q(5, "new", 1)];
+        o.connected(false, 3, HashMap::from([("old".to_string(), 3)]), t);
+        let sent = pump(&mut o, &queue, t);
+        assert_eq!(ids(&sent), vec![(1, false, "5".into()), (2, false, "1".into())], "the other topic goes at once");
+        let mut all = vec![(2, false, "1".to_string())];
+        for s in 1..=10 {
+            all.extend(ids(&pump(&mut o, &queue, t + Duration::from_millis(200 * s))));
+        }
+        let order: Vec<String> = all.into_iter().map(|x| x.2).collect();
+        assert_eq!(order, vec!["1", "2", "3", "4"]);
+        assert!(!o.replaying());
+    }
+
+    #[test]
+    fn qos2_in_flight_is_bounded_below_the_window_and_waits_in_order() {
+        let t = Instant::now();
+        let mut o = Outbox::new(100, 1000, t);
+        let queue: Vec<Queued> = (1..=30).map(|i| q(i, "t", 2)).collect();
+        o.connected(false, 0, HashMap::new(), t);
+        let sent = pump(&mut o, &queue, t);
+        assert_eq!(sent.len(), QOS2_WINDOW);
+        o.pubrec(1);
+        assert!(pump(&mut o, &queue, t).is_empty(), "a released message still holds its slot");
+        o.pubcomp(1);
+        let sent = pump(&mut o, &queue, t);
+        assert_eq!(ids(&sent), vec![(11, false, "11".into())]);
+    }
+
+    #[test]
+    fn qos0_is_acknowledged_as_it_goes_out() {
+        let t = Instant::now();
+        let mut o = Outbox::new(1, 1000, t);
+        let queue: Vec<Queued> = (1..=3).map(|i| q(i, "t", 0)).collect();
+        o.connected(false, 0, HashMap::new(), t);
+        assert_eq!(pump(&mut o, &queue, t).len(), 3);
+        assert_eq!(o.take_acked(), vec![1, 2, 3]);
+    }
+}
