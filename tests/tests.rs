@@ -5,6 +5,7 @@ mod support;
 
 mod availability;
 mod broker_auth;
+mod bursts;
 mod cli;
 mod config_errors;
 mod garbage;

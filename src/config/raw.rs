@@ -23,8 +23,8 @@ pub struct RawGateway {
     /// Retained `online`/`offline` for the gateway as a whole.
     #[serde(default = "default_status_topic")]
     pub status_topic: String,
-    /// Readings waiting between the serial readers and the publisher. A UART cannot be paused, so when
-    /// this is full the newest reading is dropped and counted rather than blocking the reader.
+    /// Readings waiting between the serial readers and the publisher. When it is full the readers stop
+    /// reading until there is room (the bytes wait in the kernel's tty buffer); nothing is dropped.
     #[serde(default = "default_channel_capacity")]
     pub channel_capacity: usize,
     /// How often per-port counters are published (retained JSON under the status topic).

@@ -1,8 +1,11 @@
 //! One serial port's task: open the device, read frames, decode them into readings, report
 //! availability, and reopen with capped exponential backoff when the device is missing or fails.
 //!
-//! The reader never waits on the publisher for readings: a UART cannot be paused, so when the channel is
-//! full the newest reading is dropped and counted. Availability changes are never dropped (they wait).
+//! Back pressure, not drops: when the publisher is behind, the reader waits for room in the channel and
+//! stops reading meanwhile, so the bytes wait in the kernel's tty buffer (and, with flow control, in
+//! the device) as they would for any program that reads only as fast as it can use the data. A
+//! reading that was framed and decoded is never dropped inside the gateway; `publisher_waits` counts
+//! how often a reader had to wait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,8 +44,8 @@ pub struct PortStats {
     pub garbled: AtomicU64,
     pub bytes_dropped: AtomicU64,
     pub decode_errors: AtomicU64,
-    /// Readings dropped because the publisher was behind.
-    pub dropped_full: AtomicU64,
+    /// Times this reader waited for the publisher (readings were held back, not dropped).
+    pub publisher_waits: AtomicU64,
     pub opens: AtomicU64,
     pub open_failures: AtomicU64,
 }
@@ -218,9 +221,13 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
                 let reading = Reading { port: port.name.clone(), fields, received };
                 match tx.try_send(PortEvent::Reading(reading)) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        bump(&stats.dropped_full, 1);
-                        warn.warn(|n| tracing::error!(port = %port.name, dropped_since_last = n, "publisher is behind: reading dropped"));
+                    Err(mpsc::error::TrySendError::Full(ev)) => {
+                        bump(&stats.publisher_waits, 1);
+                        // Not reading meanwhile: the bytes wait in the tty buffer, not in our memory.
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break Ok(()),
+                            sent = tx.send(ev) => if sent.is_err() { break Ok(()) },
+                        }
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => break Ok(()),
                 }
