@@ -522,7 +522,7 @@ async fn qos2_upstream_survives_a_black_hole_mid_stream_with_the_session_resumed
     collect(&mut s.sub, &mut seen, 1..=130, WAIT * 2).await;
     // Exactly once: unfinished exchanges are completed on the resumed session, never restarted.
     s.sub.drain_on(UP, Duration::from_millis(300)).await.iter().for_each(|g| seen.push(g.payload.parse().unwrap()));
-    assert_eq!(check_exact(&seen, 1..=130), 0, "no duplicates at QoS 2 with the session resumed");
+    assert_eq!(check_exact(&seen, 1..=130), 0, "no duplicates at QoS 2 with the session resumed; arrivals: {seen:?}");
     wait_for("queue drained", || gw.queue_status().is_some_and(|q| q.depth == 0)).await;
     gw.shutdown().await;
 }

@@ -68,7 +68,15 @@ pub enum Garble {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameEvent {
     Frame(Bytes),
-    Garbled { reason: Garble, bytes: usize },
+    /// A garbled run or candidate frame begins; `bytes` dropped so far.
+    Garbled {
+        reason: Garble,
+        bytes: usize,
+    },
+    /// More bytes of the garbled run last reported (counted as dropped, not as another garbled frame).
+    Skipped {
+        bytes: usize,
+    },
 }
 
 /// A framing codec with an optional checksum check.
@@ -95,10 +103,19 @@ impl FrameCodec {
 }
 
 impl Cutter {
-    fn check(&mut self, frame: Bytes) -> FrameEvent {
+    /// The frame if its checksum (if any) holds; else why not and how many bytes it had.
+    fn check(&mut self, frame: Bytes) -> Result<Bytes, (Garble, usize)> {
         match self.checksum.as_ref().map(|c| c.verify(&frame)) {
-            Some(Err(e)) => FrameEvent::Garbled { reason: Garble::BadChecksum(e), bytes: frame.len() },
-            _ => FrameEvent::Frame(frame),
+            Some(Err(e)) => Err((Garble::BadChecksum(e), frame.len())),
+            _ => Ok(frame),
+        }
+    }
+
+    /// `check` as the event a reader sees.
+    fn checked(&mut self, frame: Bytes) -> FrameEvent {
+        match self.check(frame) {
+            Ok(f) => FrameEvent::Frame(f),
+            Err((reason, bytes)) => FrameEvent::Garbled { reason, bytes },
         }
     }
 
@@ -141,22 +158,29 @@ impl Cutter {
                     let line = buf.split_to(i).freeze();
                     buf.advance(delim.len());
                     if std::mem::take(&mut self.discarding) {
-                        return Some(FrameEvent::Garbled { reason: Garble::TooLong, bytes: line.len() });
+                        // The tail of an over-long line already reported, with its delimiter.
+                        return Some(FrameEvent::Skipped { bytes: line.len() + delim.len() });
                     }
                     if line.len() > max {
-                        return Some(FrameEvent::Garbled { reason: Garble::TooLong, bytes: line.len() });
+                        return Some(FrameEvent::Garbled { reason: Garble::TooLong, bytes: line.len() + delim.len() });
                     }
                     if line.is_empty() {
                         continue; // blank lines (e.g. CR LF read as two delimiters) carry nothing
                     }
-                    return Some(self.check(line));
+                    return Some(self.checked(line));
                 }
                 None => {
                     if buf.len() > max + delim.len() {
-                        // Keep a possible partial delimiter; drop the rest of the over-long line.
+                        // Keep a possible partial delimiter; drop the rest of the over-long line now,
+                        // and say so at once: a wrong delimiter or baud rate shows before any
+                        // delimiter arrives.
                         let keep = delim.len() - 1;
-                        buf.advance(buf.len() - keep);
-                        self.discarding = true;
+                        let n = buf.len() - keep;
+                        buf.advance(n);
+                        if std::mem::replace(&mut self.discarding, true) {
+                            return Some(FrameEvent::Skipped { bytes: n });
+                        }
+                        return Some(FrameEvent::Garbled { reason: Garble::TooLong, bytes: n });
                     }
                     return None;
                 }
@@ -178,12 +202,12 @@ impl Cutter {
         }
         let candidate = Bytes::copy_from_slice(&buf[..len]);
         match self.check(candidate) {
-            FrameEvent::Frame(f) => {
+            Ok(f) => {
                 buf.advance(len);
                 self.resyncing = false;
                 Some(FrameEvent::Frame(f))
             }
-            FrameEvent::Garbled { reason, bytes } => Some(self.reject(buf, reason, bytes)),
+            Err((reason, bytes)) => Some(self.reject(buf, reason, bytes)),
         }
     }
 
@@ -214,7 +238,7 @@ impl Cutter {
             } else if buf[i..].starts_with(end) {
                 buf.advance(i + end.len());
                 self.resyncing = false;
-                return Some(self.check(out.freeze()));
+                return Some(self.checked(out.freeze()));
             } else if start != end && buf[i..].starts_with(start) {
                 // A new frame began before this one ended: this one was cut short.
                 buf.advance(i);
@@ -264,12 +288,12 @@ impl Cutter {
         }
         let candidate = Bytes::copy_from_slice(&buf[..total]);
         match self.check(candidate) {
-            FrameEvent::Frame(f) => {
+            Ok(f) => {
                 buf.advance(total);
                 self.resyncing = false;
                 Some(FrameEvent::Frame(f))
             }
-            FrameEvent::Garbled { reason, bytes } => Some(self.reject(buf, reason, bytes)),
+            Err((reason, bytes)) => Some(self.reject(buf, reason, bytes)),
         }
     }
 }
@@ -317,5 +341,59 @@ impl Decoder for FrameCodec {
                 Ok(Some(FrameEvent::Garbled { reason: Garble::Unframed, bytes: n }))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `input` in chunks of `chunk` bytes, as reads from a UART would deliver it.
+    fn cut(spec: FramingSpec, input: &[u8], chunk: usize) -> Vec<FrameEvent> {
+        let mut codec = FrameCodec::new(spec, None);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            while let Some(ev) = codec.decode(&mut buf).unwrap() {
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    fn dropped(events: &[FrameEvent]) -> usize {
+        events
+            .iter()
+            .map(|e| match e {
+                FrameEvent::Garbled { bytes, .. } | FrameEvent::Skipped { bytes } => *bytes,
+                FrameEvent::Frame(_) => 0,
+            })
+            .sum()
+    }
+
+    fn lines(max_length: usize) -> FramingSpec {
+        FramingSpec::Lines { delimiter: b"\n".to_vec(), max_length }
+    }
+
+    #[test]
+    fn an_overlong_line_is_counted_whole_once_and_the_next_line_survives() {
+        let mut input = vec![b'x'; 10_000];
+        input.extend(b"\nok\n");
+        for chunk in [1, 7, 64, 4096, 20_000] {
+            let ev = cut(lines(80), &input, chunk);
+            let garbled = ev.iter().filter(|e| matches!(e, FrameEvent::Garbled { .. })).count();
+            assert_eq!(garbled, 1, "chunk {chunk}: {ev:?}");
+            assert_eq!(dropped(&ev), 10_001, "chunk {chunk}: every byte of the line and its delimiter");
+            assert_eq!(ev.last(), Some(&FrameEvent::Frame(Bytes::from_static(b"ok"))), "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn bytes_without_any_delimiter_are_reported_before_a_delimiter_comes() {
+        let ev = cut(lines(80), &[b'x'; 5_000], 512);
+        assert!(matches!(ev.first(), Some(FrameEvent::Garbled { reason: Garble::TooLong, .. })), "{ev:?}");
+        // All but what could still be the start of a delimiter-terminated line is counted.
+        assert!(dropped(&ev) >= 5_000 - 81, "{}", dropped(&ev));
     }
 }

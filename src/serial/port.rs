@@ -191,12 +191,18 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
                     Some(Ok(ev)) => ev,
                 };
                 let received = chrono::Utc::now();
+                if let FrameEvent::Skipped { bytes } = event {
+                    // More of a garbled run already counted: bytes only, and not a frame to skip.
+                    bump(&stats.bytes_dropped, bytes as u64);
+                    continue;
+                }
                 if skip > 0 {
                     skip -= 1;
                     continue;
                 }
                 let frame = match event {
                     FrameEvent::Frame(f) => f,
+                    FrameEvent::Skipped { .. } => continue,
                     FrameEvent::Garbled { reason, bytes } => {
                         bump(&stats.garbled, 1);
                         bump(&stats.bytes_dropped, bytes as u64);

@@ -154,6 +154,9 @@ pub struct Outbox {
     live_buf: VecDeque<Queued>,
     /// Replay cursor: the newest backlog id read; None when there is no replay.
     replay_pos: Option<i64>,
+    /// The newest backlog id the replay has dealt with (sent or skipped); rows up to `replay_pos`
+    /// beyond it wait in `replay_buf`.
+    replay_seen: i64,
     replay_buf: VecDeque<Queued>,
     /// Per topic: messages up to the replay cursor's end that the replay still has to send.
     backlog: HashMap<String, u64>,
@@ -188,6 +191,7 @@ impl Outbox {
             live_buf: VecDeque::new(),
             replay_pos: None,
             replay_buf: VecDeque::new(),
+            replay_seen: 0,
             backlog: HashMap::new(),
             sent_live: HashSet::new(),
             done_ahead: HashSet::new(),
@@ -269,6 +273,7 @@ impl Outbox {
         self.backlog = backlog;
         self.backlog.retain(|_, n| *n > 0);
         self.replay_pos = if self.backlog.is_empty() { None } else { Some(0) };
+        self.replay_seen = 0;
     }
 
     /// The link broke. Flights are kept for the next connection.
@@ -454,6 +459,7 @@ impl Outbox {
                 self.replay_buf.push_front(q);
                 return None;
             }
+            self.replay_seen = q.id;
             if self.sent_live.remove(&q.id) {
                 continue;
             }
@@ -490,7 +496,8 @@ impl Outbox {
                 self.flying_qos2 -= 1;
             }
             self.acked.push(id);
-            if self.replay_pos.is_some_and(|pos| id > pos) && !self.sent_live.contains(&id) {
+            // Not yet dealt with by the replay (maybe already read into its buffer): it must skip it.
+            if self.replay_pos.is_some() && id > self.replay_seen && !self.sent_live.contains(&id) {
                 self.done_ahead.insert(id);
             }
         }
@@ -608,6 +615,30 @@ mod tests {
         let sent = pump(&mut o, &queue, t + Duration::from_secs(1));
         // PUBREL 2 and PUBLISH 3 (DUP) again, then 4 under an id the broker does not hold.
         assert_eq!(ids(&sent), vec![(2, false, "rel".into()), (3, true, "3".into()), (4, false, "4".into())]);
+    }
+
+    #[test]
+    fn a_resent_message_acknowledged_while_its_row_waits_in_the_replay_buffer_is_not_sent_again() {
+        let t = Instant::now();
+        let mut o = Outbox::new(10, 1, t);
+        let queue: Vec<Queued> = (1..=3).map(|i| q(i, "t", 2)).collect();
+        o.connected(false, 0, HashMap::new(), t);
+        pump(&mut o, &queue, t);
+        o.pubrec(1);
+        o.pubcomp(1);
+        o.disconnected();
+        // 2 and 3 are resent; the replay (1 message/s) reads 2 and 3 into its buffer.
+        let rest = &queue[1..];
+        o.connected(true, 3, HashMap::from([("t".to_string(), 2)]), t);
+        let sent = pump(&mut o, rest, t);
+        assert_eq!(ids(&sent), vec![(2, true, "2".into()), (3, true, "3".into())]);
+        o.pubrec(2);
+        o.pubcomp(2);
+        o.pubrec(3);
+        o.pubcomp(3);
+        let later = pump(&mut o, rest, t + Duration::from_secs(5));
+        assert!(later.is_empty(), "acknowledged messages sent again: {later:?}");
+        assert_eq!(o.take_acked(), vec![1, 2, 3]);
     }
 
     #[test]
