@@ -103,19 +103,20 @@ impl FrameCodec {
 }
 
 impl Cutter {
-    /// The frame if its checksum (if any) holds; else why not and how many bytes it had.
-    fn check(&mut self, frame: Bytes) -> Result<Bytes, (Garble, usize)> {
+    /// The frame if its checksum (if any) holds; else why not.
+    fn check(&mut self, frame: Bytes) -> Result<Bytes, Garble> {
         match self.checksum.as_ref().map(|c| c.verify(&frame)) {
-            Some(Err(e)) => Err((Garble::BadChecksum(e), frame.len())),
+            Some(Err(e)) => Err(Garble::BadChecksum(e)),
             _ => Ok(frame),
         }
     }
 
-    /// `check` as the event a reader sees.
-    fn checked(&mut self, frame: Bytes) -> FrameEvent {
+    /// `check` as the event a reader sees, for a frame already taken off the buffer: a rejected
+    /// frame counts all `wire` bytes it occupied (delimiter or markers included).
+    fn checked(&mut self, frame: Bytes, wire: usize) -> FrameEvent {
         match self.check(frame) {
             Ok(f) => FrameEvent::Frame(f),
-            Err((reason, bytes)) => FrameEvent::Garbled { reason, bytes },
+            Err(reason) => FrameEvent::Garbled { reason, bytes: wire },
         }
     }
 
@@ -130,25 +131,27 @@ impl Cutter {
             return None;
         }
         buf.advance(skip);
-        if std::mem::take(&mut self.resyncing) && found.is_some() {
-            return None;
-        }
-        if found.is_none() {
-            // Still looking: stay in the same garbage run so it is counted once.
-            let was = self.resyncing;
-            self.resyncing = true;
-            if was {
-                return None;
-            }
-        }
-        Some(FrameEvent::Garbled { reason: Garble::Unframed, bytes: skip })
+        // Bytes skipped after a rejected candidate, or while still looking, belong to the garbage
+        // run already reported: counted, but not as another garbled frame.
+        let continuing = if found.is_some() {
+            std::mem::take(&mut self.resyncing)
+        } else {
+            std::mem::replace(&mut self.resyncing, true)
+        };
+        Some(if continuing {
+            FrameEvent::Skipped { bytes: skip }
+        } else {
+            FrameEvent::Garbled { reason: Garble::Unframed, bytes: skip }
+        })
     }
 
-    /// Rejects the candidate at the start of `buf`: skip one byte and look for the next header.
-    fn reject(&mut self, buf: &mut BytesMut, reason: Garble, bytes: usize) -> FrameEvent {
+    /// Rejects the candidate at the start of `buf`: drop its first byte (counted here) and look for
+    /// the next header, which may lie inside the rejected candidate; the bytes skipped on the way are
+    /// counted by `sync` as part of this rejection.
+    fn reject(&mut self, buf: &mut BytesMut, reason: Garble) -> FrameEvent {
         buf.advance(1);
         self.resyncing = true;
-        FrameEvent::Garbled { reason, bytes }
+        FrameEvent::Garbled { reason, bytes: 1 }
     }
 
     fn decode_lines(&mut self, buf: &mut BytesMut, delim: &[u8], max: usize) -> Option<FrameEvent> {
@@ -167,7 +170,7 @@ impl Cutter {
                     if line.is_empty() {
                         continue; // blank lines (e.g. CR LF read as two delimiters) carry nothing
                     }
-                    return Some(self.checked(line));
+                    return Some(self.checked(line, i + delim.len()));
                 }
                 None => {
                     if buf.len() > max + delim.len() {
@@ -198,7 +201,7 @@ impl Cutter {
             return None;
         }
         if !buf[..len].ends_with(trailer) {
-            return Some(self.reject(buf, Garble::BadTrailer, len));
+            return Some(self.reject(buf, Garble::BadTrailer));
         }
         let candidate = Bytes::copy_from_slice(&buf[..len]);
         match self.check(candidate) {
@@ -207,7 +210,7 @@ impl Cutter {
                 self.resyncing = false;
                 Some(FrameEvent::Frame(f))
             }
-            Err((reason, bytes)) => Some(self.reject(buf, reason, bytes)),
+            Err(reason) => Some(self.reject(buf, reason)),
         }
     }
 
@@ -238,7 +241,7 @@ impl Cutter {
             } else if buf[i..].starts_with(end) {
                 buf.advance(i + end.len());
                 self.resyncing = false;
-                return Some(self.checked(out.freeze()));
+                return Some(self.checked(out.freeze(), i + end.len()));
             } else if start != end && buf[i..].starts_with(start) {
                 // A new frame began before this one ended: this one was cut short.
                 buf.advance(i);
@@ -250,7 +253,7 @@ impl Cutter {
                 i += 1;
             }
             if out.len() > max {
-                return Some(self.reject(buf, Garble::TooLong, out.len()));
+                return Some(self.reject(buf, Garble::TooLong));
             }
         }
         None
@@ -280,7 +283,7 @@ impl Cutter {
             LengthCounts::Frame => field + adjust,
         };
         if total < (offset + width) as i64 || total > max as i64 {
-            return Some(self.reject(buf, Garble::TooLong, offset + width));
+            return Some(self.reject(buf, Garble::TooLong));
         }
         let total = total as usize;
         if buf.len() < total {
@@ -293,7 +296,7 @@ impl Cutter {
                 self.resyncing = false;
                 Some(FrameEvent::Frame(f))
             }
-            Err((reason, bytes)) => Some(self.reject(buf, reason, bytes)),
+            Err(reason) => Some(self.reject(buf, reason)),
         }
     }
 }
@@ -397,3 +400,7 @@ mod tests {
         assert!(dropped(&ev) >= 5_000 - 81, "{}", dropped(&ev));
     }
 }
+
+#[cfg(test)]
+#[path = "framing_props.rs"]
+mod props;
