@@ -74,7 +74,8 @@ impl Template {
                 Part::Literal(l) => out.push_str(l),
                 Part::Placeholder(n) => {
                     let v = lookup(n)?;
-                    out.extend(v.chars().map(|c| if matches!(c, '/' | '+' | '#') { '_' } else { c }));
+                    // A value must not add levels or wildcards, and MQTT forbids NUL in a topic.
+                    out.extend(v.chars().map(|c| if matches!(c, '/' | '+' | '#' | '\0') { '_' } else { c }));
                 }
             }
         }

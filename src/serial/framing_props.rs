@@ -96,8 +96,6 @@ fn noisy_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
-
     /// However reads happen to cut the stream, the reader sees the same frames and counts the same.
     #[test]
     fn any_split_gives_the_same_frames_and_counts(

@@ -75,3 +75,7 @@ impl Bridge {
         let _ = self.task.await;
     }
 }
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+mod model_tests;
