@@ -9,8 +9,9 @@
 //! `config` turns the YAML file into validated settings (every problem at once, with its position);
 //! `gateway` owns the task tree, reloads and orderly shutdown; `supervisor` the daemon's lifecycle
 //! (systemd notify and watchdog, SIGHUP); `demo` and `simulate` provide sensors for
-//! people without hardware; `logging` sets up tracing. `main.rs` only parses the command line.
+//! people without hardware; `logging` sets up tracing; `advice` turns OS errors on paths into fixes. `main.rs` only parses the command line.
 
+pub mod advice;
 pub mod cli;
 pub mod config;
 pub mod decode;

@@ -69,8 +69,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 println!("accepted   {}   delivered {}", s.accepted, s.delivered);
                 println!(
-                    "dropped    {} (queue full)   {} (max_age)   rejected {} (queue full)   corrupted {}",
-                    s.dropped_full, s.dropped_age, s.rejected_full, s.corrupted
+                    "dropped    {} (queue full)   {} (max_age)   rejected {} (queue full)   corrupted {}   not queued {}",
+                    s.dropped_full, s.dropped_age, s.rejected_full, s.corrupted, s.not_queued
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -118,8 +118,8 @@ fn report(e: LoadError) -> ExitCode {
             eprint!("{errors}");
             ExitCode::from(EXIT_BAD_CONFIG)
         }
-        LoadError::Read { path, source } => {
-            eprintln!("ser2mqtt: cannot read config file {}: {source}", path.display());
+        e @ LoadError::Read { .. } => {
+            eprintln!("ser2mqtt: {e}");
             ExitCode::from(EXIT_BAD_CONFIG)
         }
     }

@@ -38,10 +38,41 @@ const EVICT_STEP: usize = 512;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot create the state directory {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
-    #[error("queue database {path}: {source}")]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    // The errors are in the messages, not `source`s: a chain printer would repeat them.
+    #[error("cannot create the state directory {}: {error}{}", path.display(),
+        crate::advice::file(path, error.kind(), true).map(|a| format!("; {a}")).unwrap_or_default())]
+    Dir { path: PathBuf, error: std::io::Error },
+    #[error("queue database {}: {error}{}", path.display(), sqlite_advice(path, error))]
+    Sqlite { path: PathBuf, error: rusqlite::Error },
+}
+
+impl StoreError {
+    /// Whether the filesystem holding the store is full.
+    pub fn disk_full(&self) -> bool {
+        matches!(self, StoreError::Sqlite { error: rusqlite::Error::SqliteFailure(f, _), .. }
+            if f.code == rusqlite::ErrorCode::DiskFull)
+            || matches!(self, StoreError::Dir { error, .. } if error.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
+/// What to do about an SQLite error on the store at `path` (a directory that is not writable, a full
+/// filesystem), as "; advice", or nothing.
+fn sqlite_advice(path: &Path, error: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::*;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let kind = match error {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            CannotOpen | ReadOnly | PermissionDenied
+                if nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_err() =>
+            {
+                std::io::ErrorKind::PermissionDenied
+            }
+            DiskFull => std::io::ErrorKind::StorageFull,
+            _ => return String::new(),
+        },
+        _ => return String::new(),
+    };
+    crate::advice::file(dir, kind, true).map(|a| format!("; {a}")).unwrap_or_default()
 }
 
 /// One message bound upstream (or a retained reading to keep).
@@ -91,13 +122,24 @@ pub struct QueueStatus {
     pub dropped_age: u64,
     pub rejected_full: u64,
     pub corrupted: u64,
+    /// Messages that could not be written to the queue at all (filesystem full or failing): still
+    /// published locally, never sent upstream.
+    pub not_queued: u64,
 }
 
-const COUNTERS: [&str; 7] =
-    ["accepted", "delivered", "dropped_full", "dropped_age", "rejected_full", "corrupted", "retained_saved"];
+const COUNTERS: [&str; 8] = [
+    "accepted",
+    "delivered",
+    "dropped_full",
+    "dropped_age",
+    "rejected_full",
+    "corrupted",
+    "retained_saved",
+    "not_queued",
+];
 
 #[derive(Debug, Default, Clone, Copy)]
-struct Counters([u64; 7]);
+struct Counters([u64; 8]);
 
 impl Counters {
     fn bump(&mut self, name: &str, n: u64) {
@@ -127,6 +169,8 @@ struct Inner {
     /// Ids are given here rather than by SQLite: strictly increasing for the life of the process
     /// (the bridge's cursors rely on it) without AUTOINCREMENT's extra page write per commit.
     next_id: i64,
+    /// Counters changed outside a commit (`count_not_queued`): save them with the next one.
+    unsaved: bool,
 }
 
 /// The open store.
@@ -149,16 +193,16 @@ impl Store {
     /// keeps running and keeps readings from now on.
     pub fn open(path: &Path, limits: Option<QueueSettings>) -> Result<Store, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir { path: dir.into(), source })?;
+            std::fs::create_dir_all(dir).map_err(|error| StoreError::Dir { path: dir.into(), error })?;
         }
         match Store::open_inner(path, limits.clone()) {
-            Err(StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(f, _), .. })
+            Err(StoreError::Sqlite { error: rusqlite::Error::SqliteFailure(f, _), .. })
                 if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) =>
             {
                 let aside = path.with_extension(format!("db.corrupt-{}", now_ms()));
                 tracing::error!(path = %path.display(), moved_to = %aside.display(), error = %f,
                     "queue database unreadable; moved aside, starting an empty queue");
-                std::fs::rename(path, &aside).map_err(|source| StoreError::Dir { path: path.into(), source })?;
+                std::fs::rename(path, &aside).map_err(|error| StoreError::Dir { path: path.into(), error })?;
                 for ext in ["db-wal", "db-shm"] {
                     let _ = std::fs::remove_file(path.with_extension(ext));
                 }
@@ -169,7 +213,7 @@ impl Store {
     }
 
     fn open_inner(path: &Path, limits: Option<QueueSettings>) -> Result<Store, StoreError> {
-        let err = |source| StoreError::Sqlite { path: path.into(), source };
+        let err = |error| StoreError::Sqlite { path: path.into(), error };
         let conn = Connection::open(path).map_err(err)?;
         let sync = match limits.as_ref().map(|l| l.sync).unwrap_or_default() {
             SyncMode::Full => "FULL",
@@ -204,13 +248,13 @@ impl Store {
         }
         let (depth, bytes, counters) = load_figures(&conn).map_err(err)?;
         let last: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM queue", [], |r| r.get(0)).map_err(err)?;
-        let inner = Inner { conn, depth, bytes, counters, next_id: last + 1 };
+        let inner = Inner { conn, depth, bytes, counters, next_id: last + 1, unsaved: false };
         Ok(Store { path: path.into(), limits, inner: Mutex::new(inner) })
     }
 
     /// Reads the status of a store another process may be writing (for `ser2mqtt queue status`).
     pub fn read_status(path: &Path) -> Result<QueueStatus, StoreError> {
-        let err = |source| StoreError::Sqlite { path: path.into(), source };
+        let err = |error| StoreError::Sqlite { path: path.into(), error };
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         let (depth, bytes, counters) = load_figures(&conn).map_err(err)?;
@@ -222,8 +266,8 @@ impl Store {
         &self.path
     }
 
-    fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.clone(), source }
+    fn err(&self, error: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: self.path.clone(), error }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -244,6 +288,24 @@ impl Store {
     ) -> Result<AppendOutcome, StoreError> {
         let mut g = self.lock();
         let inner = &mut *g;
+        // The figures are updated as the transaction goes; a failed one (disk full) rolls back, and
+        // so must they.
+        let figures = (inner.depth, inner.bytes);
+        let result = self.append_in(inner, queued, retained, acked, stages);
+        if result.is_err() {
+            (inner.depth, inner.bytes) = figures;
+        }
+        result
+    }
+
+    fn append_in(
+        &self,
+        inner: &mut Inner,
+        queued: &[Record],
+        retained: &[Record],
+        acked: &[i64],
+        stages: &[StageChange],
+    ) -> Result<AppendOutcome, StoreError> {
         let mut out = AppendOutcome::default();
         let tx = inner.conn.transaction().map_err(|e| self.err(e))?;
         let mut delivered = 0;
@@ -371,11 +433,12 @@ impl Store {
         counters.bump("dropped_age", out.expired);
         counters.bump("retained_saved", retained.len() as u64);
         counters.bump("delivered", delivered);
-        if counters.0 != inner.counters.0 {
+        if counters.0 != inner.counters.0 || inner.unsaved {
             save_counters(&tx, &counters).map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))?;
         inner.counters = counters;
+        inner.unsaved = false;
         inner.next_id = next_id;
         Ok(out)
     }
@@ -445,6 +508,21 @@ impl Store {
             inner.counters = counters;
         }
         Ok(out)
+    }
+
+    /// Counts messages a failed append could not queue. Kept in memory (the disk may be full) and
+    /// saved with the next commit that succeeds.
+    pub fn count_not_queued(&self, n: u64) {
+        let mut g = self.lock();
+        g.counters.bump("not_queued", n);
+        g.unsaved = true;
+    }
+
+    /// Gives the write-ahead log's space back to the filesystem (it otherwise keeps its largest size,
+    /// up to SQLite's 1,000-page checkpoint): the first thing to free when the filesystem is full.
+    pub fn shrink_wal(&self) -> Result<(), StoreError> {
+        let g = self.lock();
+        g.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(|e| self.err(e))
     }
 
     /// The newest id in the queue (0 when empty).
@@ -527,6 +605,7 @@ fn status_from(depth: u64, bytes: u64, oldest: Option<i64>, c: &Counters) -> Que
         dropped_age: c.get("dropped_age"),
         rejected_full: c.get("rejected_full"),
         corrupted: c.get("corrupted"),
+        not_queued: c.get("not_queued"),
     }
 }
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod availability;
+mod bad_env;
 mod broker_auth;
 mod bursts;
 mod cli;

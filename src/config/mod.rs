@@ -171,19 +171,18 @@ impl fmt::Display for ConfigErrors {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The message carries the OS error and what to do about it (the error is not also a `source`,
+    /// so a chain printer does not repeat it).
+    #[error("cannot read config file {}: {error}{}", path.display(),
+        crate::advice::file(path, error.kind(), false).map(|a| format!("; {a}")).unwrap_or_default())]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{0}")]
     Invalid(ConfigErrors),
 }
 
 /// Reads and validates the configuration file at `path`.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Read { path: path.into(), error })?;
     parse(&text, path).map_err(LoadError::Invalid)
 }
 

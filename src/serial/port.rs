@@ -95,7 +95,11 @@ pub async fn run_port(
                 let msg = e.to_string();
                 // Say it once per kind of failure, not every retry.
                 if last_error.as_deref() != Some(&msg) {
-                    tracing::warn!(port = %port.name, device = %port.device.display(), error = %msg, "cannot open serial port; retrying with backoff");
+                    let advice =
+                        crate::advice::device(&port.device, e.kind()).map(|a| format!("; {a}")).unwrap_or_default();
+                    tracing::warn!(port = %port.name, device = %port.device.display(), error = %msg,
+                        "cannot open serial port `{}` ({}): {msg}{advice}; retrying with backoff",
+                        port.name, port.device.display());
                     last_error = Some(msg);
                 }
             }

@@ -124,6 +124,7 @@ pub fn start_writer(
 
 async fn write_loop(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, every: Duration, committed: Arc<Notify>) {
     let mut open = true;
+    let mut failing = Failing::default();
     // When the last commit began: the next one starts no earlier than `every` after it.
     let mut last_commit = Instant::now() - every;
     while open {
@@ -154,12 +155,25 @@ async fn write_loop(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, every: Durat
             batch.push(j);
         }
         last_commit = Instant::now();
-        commit(&store, batch).await;
+        if let Some(carry) = failing.carried.take() {
+            batch.push(carry);
+        }
+        commit(&store, batch, &mut failing).await;
         committed.notify_one();
     }
 }
 
-async fn commit(store: &Arc<Store>, batch: Vec<Job>) {
+/// While appends fail (a full or failing filesystem): acknowledgements and stages are kept for the
+/// next attempt (deleting or marking rows is never given up), readings are counted as not queued,
+/// and the failure is logged once per episode, with a summary when writes work again.
+#[derive(Default)]
+struct Failing {
+    carried: Option<Job>,
+    /// Messages not queued since the episode began; None while writes work.
+    since: Option<u64>,
+}
+
+async fn commit(store: &Arc<Store>, batch: Vec<Job>, failing: &mut Failing) {
     let mut queued = Vec::with_capacity(batch.len());
     let mut retained: Vec<Record> = Vec::new();
     let mut acked = Vec::new();
@@ -183,13 +197,29 @@ async fn commit(store: &Arc<Store>, batch: Vec<Job>) {
         }
     }
     let s = store.clone();
-    let n = queued.len();
-    let result = tokio::task::spawn_blocking(move || s.append(&queued, &retained, &acked, &stages)).await;
+    let n = queued.len() as u64;
+    let (a, st) = (acked.clone(), stages.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        let first = s.append(&queued, &retained, &acked, &stages);
+        match first {
+            // The WAL keeps its largest size: give that space back and try once more.
+            Err(e) if e.disk_full() && s.shrink_wal().is_ok() => s.append(&queued, &retained, &acked, &stages),
+            other => other,
+        }
+    })
+    .await;
     for w in waiting {
         let _ = w.send(());
     }
     match result {
         Ok(Ok(out)) => {
+            // Recovered once messages are written again (an empty commit proves nothing).
+            if let Some(lost) = failing.since.take_if(|_| n > 0) {
+                tracing::warn!(
+                    not_queued = lost,
+                    "queue writes work again; {lost} messages could not be queued meanwhile"
+                );
+            }
             if out.dropped_oldest > 0 {
                 tracing::warn!(dropped = out.dropped_oldest, "queue full: oldest messages dropped");
             }
@@ -200,7 +230,21 @@ async fn commit(store: &Arc<Store>, batch: Vec<Job>) {
                 tracing::warn!(expired = out.expired, "queued messages older than max_age dropped");
             }
         }
-        Ok(Err(e)) => tracing::error!(error = %e, messages = n, "could not write to the queue; messages lost"),
+        Ok(Err(e)) => {
+            store.count_not_queued(n);
+            if !a.is_empty() || !st.is_empty() {
+                failing.carried = Some(Job::Progress { acked: a, stages: st, done: None });
+            }
+            match &mut failing.since {
+                Some(lost) => *lost += n,
+                None => {
+                    failing.since = Some(n);
+                    tracing::error!(error = %e, messages = n,
+                        "cannot write to the upstream queue: {e}; messages are still published locally but not \
+                         queued for upstream (counted as not_queued) until writes work again");
+                }
+            }
+        }
         Err(e) => tracing::error!(error = %e, messages = n, "queue writer panicked; messages lost"),
     }
 }
