@@ -64,3 +64,23 @@ async fn burst(ports: usize, frames: u32) {
 async fn four_ports_of_5000_frame_bursts_arrive_whole_and_in_order() {
     burst(4, 5000).await;
 }
+
+/// Measurements for the README, not run by default (`tests/run.sh -- --ignored bursts::larger`):
+/// with back pressure no burst size is lost inside the gateway; these sizes bound how long it takes.
+#[tokio::test]
+#[ignore]
+async fn larger_one_port_of_50000() {
+    burst(1, 50_000).await;
+}
+
+#[tokio::test]
+#[ignore]
+async fn larger_four_ports_of_20000() {
+    burst(4, 20_000).await;
+}
+
+#[tokio::test]
+#[ignore]
+async fn larger_sixteen_ports_of_5000() {
+    burst(16, 5_000).await;
+}
