@@ -399,6 +399,13 @@ async fn report_stats(
             };
             let _ = broker.publish(&msg).await;
         }
+        let msg = OutMessage {
+            topic: format!("{status_topic}/stats/broker"),
+            payload: serde_json::to_vec(broker.acl_counters()).unwrap_or_default().into(),
+            qos: 0,
+            retain: true,
+        };
+        let _ = broker.publish(&msg).await;
     }
 }
 

@@ -71,8 +71,10 @@ pub struct ListenerSettings {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct AclRule {
-    /// `None` means every client.
-    pub user: Option<String>,
+    pub subject: crate::local_broker::acl::Subject,
+    /// Index into `BrokerSettings::listeners` the rule is limited to.
+    pub listener: Option<usize>,
+    pub deny: bool,
     pub subscribe: Vec<String>,
     pub publish: Vec<String>,
 }

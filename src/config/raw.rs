@@ -114,7 +114,17 @@ pub struct RawUser {
 #[serde(deny_unknown_fields)]
 pub struct RawAclRule {
     /// A username, or `"*"` for every client (anonymous ones included).
-    pub user: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The rule is for clients that connected without a username.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// Only for clients connected to this listener (its `bind` as written).
+    #[serde(default)]
+    pub listener: Option<String>,
+    /// Refuses what it names, whatever any other rule allows.
+    #[serde(default)]
+    pub deny: bool,
     /// Topic filters this user may subscribe to.
     #[serde(default)]
     pub subscribe: Vec<String>,

@@ -16,6 +16,7 @@ use super::{
     Secret, DEFAULT_LISTENER,
 };
 use crate::decode::{binary_width, BinaryField, FrameDecoder};
+use crate::local_broker::acl::Subject;
 use crate::serial::checksum::{Algorithm, Checksum};
 use crate::serial::framing::FramingSpec;
 use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
@@ -299,8 +300,41 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
     let mut acl = Vec::new();
     for (i, r) in raw.acl.iter().enumerate() {
         let path = format!("broker.acl[{i}]");
-        let user = if r.user == "*" { None } else { Some(r.user.clone()) };
-        if let Some(u) = &user {
+        let rule_start = p.count();
+        let subject = match (&r.user, r.anonymous) {
+            (Some(u), false) if u == "*" => Subject::Everyone,
+            (Some(u), false) => Subject::User(u.clone()),
+            (None, true) => Subject::Anonymous,
+            _ => {
+                p.add(&path, "give exactly one of `user` (a name, or `\"*\"` for every client) or `anonymous: true`");
+                Subject::Everyone
+            }
+        };
+        let listener = r.listener.as_ref().and_then(|want| {
+            let found = raw_listeners.iter().position(|l| &l.bind == want);
+            if found.is_none() {
+                let binds: Vec<String> = raw_listeners.iter().map(|l| format!("`{}`", l.bind)).collect();
+                p.add(
+                    &format!("{path}.listener"),
+                    format!("`{want}` is not the `bind` of a listener; the listeners are {}", binds.join(", ")),
+                );
+            }
+            found
+        });
+        if r.anonymous {
+            let open = |l: &ListenerSettings| l.allow_anonymous;
+            let reachable = match listener {
+                Some(k) => listeners.get(k).is_some_and(open),
+                None => listeners.iter().any(open),
+            };
+            if !reachable && p.count() == rule_start {
+                p.add(
+                    &path,
+                    "no listener this rule applies to has `allow_anonymous: true`, so no anonymous client can use it",
+                );
+            }
+        }
+        if let Subject::User(u) = &subject {
             if !names.contains(u.as_str()) {
                 let hint =
                     suggest(u, names.iter().copied()).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
@@ -317,7 +351,16 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
                 }
             }
         }
-        acl.push(AclRule { user, subscribe: r.subscribe.clone(), publish: r.publish.clone() });
+        if r.subscribe.is_empty() && r.publish.is_empty() {
+            p.add(&path, "the rule names no `subscribe` or `publish` filters");
+        }
+        acl.push(AclRule {
+            subject,
+            listener,
+            deny: r.deny,
+            subscribe: r.subscribe.clone(),
+            publish: r.publish.clone(),
+        });
     }
     let nonzero = |v: Option<usize>, d: NonZeroUsize, key: &str, p: &mut Problems| match v {
         None => d,

@@ -1,9 +1,9 @@
 //! Password checks for the embedded broker: an rmqtt `ClientAuthenticate` hook that verifies the
 //! configured users, argon2 hashes included (rmqtt-acl itself only compares plain text).
 //!
-//! It runs before the ACL plugin. A configured username is decided here: accepted, or refused with
-//! CONNACK 5 (not authorised), as Mosquitto 2 answers a wrong password. Other usernames pass on to the
-//! ACL plugin, which knows only the gateway's own probe client and refuses the rest.
+//! Every connect that rmqtt does not let through as anonymous is decided here: a configured user (or
+//! the gateway's own health client) with the right password is accepted; anything else is refused
+//! with CONNACK 5 (not authorised), as Mosquitto 2 answers a wrong password.
 
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use rmqtt::types::AuthResult;
 
 use crate::config::Secret;
 
-/// Above rmqtt-acl's default priority (10), so configured users are decided before its rules run.
+/// Any priority works (no other authentication hook is registered); the value only orders it first.
 pub(super) const PRIORITY: u32 = 100;
 
 /// A PHC string for `password` (argon2id, default parameters, random salt).
@@ -50,9 +50,11 @@ fn verify(secret: &Secret, given: &[u8]) -> bool {
 impl Handler for UserAuth {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         let Parameter::ClientAuthenticate(info) = param else { return (true, acc) };
-        let Some(name) = info.username() else { return (true, acc) };
+        // Reached only when a username was given, or none on a listener without anonymous access.
+        let refused = (false, Some(HookResult::AuthResult(AuthResult::NotAuthorized)));
+        let Some(name) = info.username() else { return refused };
         let Some((_, secret)) = self.users.iter().find(|(u, _)| u.as_str() == &**name) else {
-            return (true, acc);
+            return refused;
         };
         let given = info.password().map(|p| p.to_vec()).unwrap_or_default();
         let secret = secret.clone();

@@ -5,12 +5,15 @@
 //! cargo feature later. Engine facts this module designs around:
 //! - retained messages need the `rmqtt-retainer` plugin, with `retained_message_ttl = 0` (never expire;
 //!   otherwise they expire with the message expiry, 5 min by default);
-//! - credentials and topic ACLs come from the `rmqtt-acl` plugin, whose rules we generate;
+//! - credentials and topic ACLs are our own hooks (`auth`, `acl`): rmqtt-acl compares plain-text
+//!   passwords only and matches a requested filter against its rules as if it were a topic, so an
+//!   allow of `+` granted `#`;
 //! - in-process publish is `SessionState::forwards` after the `message_publish` hook chain (public but
 //!   undocumented, hence the pinned minor version and the tests that cover it);
 //! - there is no shutdown API: dropping the run future closes the listeners, and sessions are kicked
 //!   with their ids collected first (kicking while iterating the session map deadlocks).
 
+pub mod acl;
 mod auth;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,7 +33,7 @@ use tokio::task::JoinHandle;
 mod tap;
 pub use auth::{check_hash, hash_password};
 
-use crate::config::{AclRule, BrokerSettings};
+use crate::config::{AclRule, BrokerSettings, Secret};
 use crate::topic_map::OutMessage;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +73,9 @@ pub struct LocalBroker {
     /// Payloads the health client received on `HEALTH_TOPIC`.
     probe_rx: Mutex<mpsc::Receiver<Bytes>>,
     probe_task: JoinHandle<()>,
-    /// Keeps the password hook registered for the broker's lifetime.
+    /// Keeps the password and ACL hooks registered for the broker's lifetime.
     _auth: Box<dyn rmqtt::hook::Register>,
+    acl_counters: Arc<acl::AclCounters>,
     /// Hooks added after start (the client-publish tap), kept registered for the broker's lifetime.
     taps: Mutex<Vec<Box<dyn rmqtt::hook::Register>>>,
 }
@@ -84,7 +88,6 @@ impl LocalBroker {
         let probe_pass = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let scx = ServerContext::new()
             .mqtt_max_sessions(settings.max_sessions.get() as isize)
-            .plugins_config_map_add("rmqtt-acl", acl_rules(settings, (&probe_user, &probe_pass)))
             // Never expire retained readings, and no count limit: the last value of every topic stays.
             .plugins_config_map_add(
                 "rmqtt-retainer",
@@ -92,19 +95,9 @@ impl LocalBroker {
             )
             .build()
             .await;
-        rmqtt_acl::register(&scx, true, false)
-            .await
-            .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-acl", source })?;
         rmqtt_retainer::register(&scx, true, false)
             .await
             .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-retainer", source })?;
-        let register = scx.extends.hook_mgr().register();
-        let users = Arc::new(settings.users.clone());
-        register
-            .add_priority(rmqtt::hook::Type::ClientAuthenticate, auth::PRIORITY, Box::new(auth::UserAuth { users }))
-            .await;
-        register.start().await;
-
         let mut server = MqttServer::new(scx.clone());
         let mut addrs = Vec::new();
         for l in &settings.listeners {
@@ -121,9 +114,23 @@ impl LocalBroker {
                 Ok((listener, local))
             };
             let (listener, local) = bind(l.addr).map_err(|source| BrokerError::Bind { addr: l.addr, source })?;
-            server = server.listener(listener);
+            // rmqtt keys listener settings by id, the configured port by default: two listeners on
+            // port 0 would share one. Their index is unique, and is what ACL rules refer to.
+            server = server.listener_by_id(listener, addrs.len() as u16);
             addrs.push(local);
         }
+        let mut users = settings.users.clone();
+        users.push((probe_user.clone(), Secret::Plain(probe_pass.clone())));
+        let acl = Arc::new(acl_of(settings, &probe_user));
+        let counters = Arc::new(acl::AclCounters::default());
+        let register = scx.extends.hook_mgr().register();
+        let auth = Box::new(auth::UserAuth { users: Arc::new(users) });
+        register.add_priority(rmqtt::hook::Type::ClientAuthenticate, auth::PRIORITY, auth).await;
+        for typ in [rmqtt::hook::Type::ClientSubscribeCheckAcl, rmqtt::hook::Type::MessagePublishCheckAcl] {
+            let hook = Box::new(acl::AclHook { acl: acl.clone(), counters: counters.clone() });
+            register.add_priority(typ, auth::PRIORITY, hook).await;
+        }
+        register.start().await;
         let server = server.build();
         let task = tokio::spawn(async move {
             if let Err(e) = server.run().await {
@@ -148,6 +155,7 @@ impl LocalBroker {
             probe_rx: Mutex::new(probe_rx),
             probe_task,
             _auth: register,
+            acl_counters: counters,
             taps: Mutex::new(Vec::new()),
         })
     }
@@ -217,6 +225,11 @@ impl LocalBroker {
         (rx, dropped)
     }
 
+    /// Subscriptions and publishes the ACL refused since start.
+    pub fn acl_counters(&self) -> &acl::AclCounters {
+        &self.acl_counters
+    }
+
     /// False once the broker's server task has ended.
     pub fn is_running(&self) -> bool {
         !self.server.is_finished()
@@ -275,33 +288,25 @@ async fn probe_client(addr: SocketAddr, user: String, pass: String, tx: mpsc::Se
     }
 }
 
-/// The rmqtt-acl rule list (TOML) for the topic ACL. Rules are first-hit; a connect that reaches the
-/// rules and hits none is refused (anonymous clients on listeners that allow them never reach them).
-/// The gateway's own health client comes first, allowed on its probe topic only.
-fn acl_rules(settings: &BrokerSettings, probe: (&str, &str)) -> String {
-    let q = |s: &str| serde_json::Value::from(s).to_string(); // JSON string escapes are valid TOML
-    let list = |v: &[String]| format!("[{}]", v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "));
-    let mut rules = vec![
-        format!("[\"allow\", {{ user = {}, password = {} }}, \"connect\"]", q(probe.0), q(probe.1)),
-        format!("[\"allow\", {{ user = {} }}, \"subscribe\", [{}]]", q(probe.0), q(HEALTH_TOPIC)),
-    ];
-    // Configured users are authenticated by `auth::UserAuth` before these rules are consulted.
-    let who = |r: &AclRule| match &r.user {
-        Some(u) => format!("{{ user = {} }}", q(u)),
-        None => "\"all\"".to_string(),
-    };
-    for r in &settings.acl {
-        if !r.subscribe.is_empty() {
-            rules.push(format!("[\"allow\", {}, \"subscribe\", {}]", who(r), list(&r.subscribe)));
-        }
-        if !r.publish.is_empty() {
-            rules.push(format!("[\"allow\", {}, \"publish\", {}]", who(r), list(&r.publish)));
-        }
-    }
+/// The ACL the hooks enforce: none configured means open, except that the gateway's own health
+/// client comes first either way, allowed on its probe topic only.
+fn acl_of(settings: &BrokerSettings, probe_user: &str) -> acl::Acl {
     if settings.acl.is_empty() {
-        // No ACL configured: connected clients may publish and subscribe anywhere.
-        rules.push("[\"allow\", \"all\", \"pubsub\"]".into());
+        return acl::Acl::open();
     }
-    // A rejected publish is dropped silently (MQTT 3.1.1 has no way to say no) and the client stays.
-    format!("disconnect_if_pub_rejected = false\nrules = [\n  {}\n]\n", rules.join(",\n  "))
+    let mut rules = vec![acl::Rule {
+        subject: acl::Subject::User(probe_user.to_string()),
+        listener: None,
+        deny: false,
+        subscribe: vec![HEALTH_TOPIC.to_string()],
+        publish: Vec::new(),
+    }];
+    rules.extend(settings.acl.iter().map(|r: &AclRule| acl::Rule {
+        subject: r.subject.clone(),
+        listener: r.listener.map(|k| k as u16),
+        deny: r.deny,
+        subscribe: r.subscribe.clone(),
+        publish: r.publish.clone(),
+    }));
+    acl::Acl::new(rules)
 }
