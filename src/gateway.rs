@@ -401,7 +401,7 @@ async fn report_stats(
         }
         let msg = OutMessage {
             topic: format!("{status_topic}/stats/broker"),
-            payload: serde_json::to_vec(broker.acl_counters()).unwrap_or_default().into(),
+            payload: broker.stats_json().into(),
             qos: 0,
             retain: true,
         };

@@ -24,6 +24,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (the soft default, 1,024, is what
+/// one busy listener needs alone: three descriptors per client), and returns the limit in force.
+fn raise_descriptor_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 0 };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Check { config } => Ok(match config::load(&config) {
@@ -39,7 +50,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 Err(e) => return Ok(report(e)),
             };
             ser2mqtt::logging::init(c.log_level.as_deref());
-            tracing::info!(config = %config.display(), ports = c.ports.len(), maps = c.maps.len(), "starting");
+            let fds = raise_descriptor_limit();
+            tracing::info!(config = %config.display(), ports = c.ports.len(), maps = c.maps.len(), max_open_files = fds, "starting");
             let sup = Supervision {
                 config_path: Some(config.clone()),
                 notifier: Notifier::from_env(),

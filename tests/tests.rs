@@ -6,6 +6,7 @@ mod support;
 mod availability;
 mod bad_env;
 mod broker_auth;
+mod broker_limits;
 mod bursts;
 mod cli;
 mod config_errors;

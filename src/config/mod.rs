@@ -94,6 +94,8 @@ pub struct BrokerSettings {
     pub acl: Vec<AclRule>,
     pub max_queue_len: NonZeroUsize,
     pub max_sessions: NonZeroUsize,
+    /// Per-listener connection limits, enforced in front of the engine.
+    pub front: crate::local_broker::front::FrontLimits,
 }
 
 /// The broker's listener when the config names none: loopback only, as Mosquitto 2 does.
@@ -108,6 +110,7 @@ impl BrokerSettings {
             acl: Vec::new(),
             max_queue_len: resolve::DEFAULT_MAX_QUEUE_LEN,
             max_sessions: resolve::DEFAULT_MAX_SESSIONS,
+            front: resolve::default_front_limits(),
         }
     }
 }

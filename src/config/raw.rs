@@ -86,6 +86,15 @@ pub struct RawBroker {
     pub max_queue_len: Option<usize>,
     /// Concurrent client sessions the broker accepts.
     pub max_sessions: Option<usize>,
+    /// Open connections per listener.
+    pub max_connections: Option<usize>,
+    /// From accept to a complete CONNECT packet.
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    /// Largest MQTT packet accepted or sent.
+    pub max_packet_size: Option<bytesize::ByteSize>,
+    /// Bytes waiting for one slow client before its QoS 0 messages are dropped, then it is cut.
+    pub max_client_buffer: Option<bytesize::ByteSize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -17,6 +18,7 @@ use super::{
 };
 use crate::decode::{binary_width, BinaryField, FrameDecoder};
 use crate::local_broker::acl::Subject;
+use crate::local_broker::front::FrontLimits;
 use crate::serial::checksum::{Algorithm, Checksum};
 use crate::serial::framing::FramingSpec;
 use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
@@ -27,6 +29,21 @@ use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
 pub(super) const DEFAULT_MAX_QUEUE_LEN: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 /// Sessions on a LAN gateway: dashboards, loggers, a few phones. Bounds memory if a client misbehaves.
 pub(super) const DEFAULT_MAX_SESSIONS: NonZeroUsize = NonZeroUsize::new(256).unwrap();
+
+/// The front door's defaults. 256 connections per listener matches `max_sessions`; each takes three
+/// descriptors (client, splice, engine side), well inside the unit's `LimitNOFILE`. A scanner's
+/// silent socket is gone after 10 s (Mosquitto and EMQX allow about as long for a CONNECT). 1 MiB
+/// packets are the engine's own default. 256 KiB waiting per client is ~100 readings of a chatty
+/// sensor; all 256 clients stalled at once then hold at most ~128 MiB (twice the buffer each: one
+/// batch being written, one queued), and a single stalled one ~0.5 MiB.
+pub(crate) fn default_front_limits() -> FrontLimits {
+    FrontLimits {
+        max_connections: 256,
+        connect_timeout: Duration::from_secs(10),
+        max_packet_size: 1024 * 1024,
+        max_client_buffer: 256 * 1024,
+    }
+}
 
 pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
     let doc: Value = match serde_yaml::from_str(text) {
@@ -371,6 +388,25 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
     };
     let max_queue_len = nonzero(raw.max_queue_len, DEFAULT_MAX_QUEUE_LEN, "max_queue_len", p);
     let max_sessions = nonzero(raw.max_sessions, DEFAULT_MAX_SESSIONS, "max_sessions", p);
+    let d = default_front_limits();
+    let max_connections =
+        nonzero(raw.max_connections, NonZeroUsize::new(d.max_connections).unwrap(), "max_connections", p);
+    let connect_timeout = raw.connect_timeout.unwrap_or(d.connect_timeout);
+    if connect_timeout.is_zero() {
+        p.add("broker.connect_timeout", "must be longer than 0s (10s is the default)");
+    }
+    let bytes = |v: Option<bytesize::ByteSize>, d: usize, key: &str, min: usize, p: &mut Problems| {
+        let n = v.map_or(d, |b| b.as_u64() as usize);
+        if n < min {
+            p.add(&format!("broker.{key}"), format!("must be at least {min} bytes"));
+        }
+        n
+    };
+    // 2 bytes is the smallest MQTT packet; 268,435,455 + 5 the largest the length field can say.
+    let max_packet_size = bytes(raw.max_packet_size, d.max_packet_size, "max_packet_size", 64, p).min(268_435_460);
+    let max_client_buffer = bytes(raw.max_client_buffer, d.max_client_buffer, "max_client_buffer", 1024, p);
+    let front =
+        FrontLimits { max_connections: max_connections.get(), connect_timeout, max_packet_size, max_client_buffer };
     (p.count() == start).then(|| BrokerSettings {
         listeners,
         users: raw
@@ -387,6 +423,7 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
         acl,
         max_queue_len,
         max_sessions,
+        front,
     })
 }
 

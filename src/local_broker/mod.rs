@@ -15,6 +15,7 @@
 
 pub mod acl;
 mod auth;
+pub mod front;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use rmqtt::types::{ClientId, CodecPublish, From as MsgFrom, Id, Publish, QoS, Us
 use rmqtt::utils::timestamp_millis;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 mod tap;
 pub use auth::{check_hash, hash_password};
@@ -58,9 +60,6 @@ pub enum BrokerError {
 
 /// Where health probes travel. `$`-topics are not matched by `#`, so LAN subscribers never see them.
 const HEALTH_TOPIC: &str = "$ser2mqtt/health";
-/// After a failed connect the probe client waits this long before the next try (rumqttc itself would
-/// retry as fast as it is polled).
-const PROBE_RECONNECT: Duration = Duration::from_secs(1);
 
 /// A running embedded broker.
 pub struct LocalBroker {
@@ -70,12 +69,16 @@ pub struct LocalBroker {
     /// Who in-process messages come from, as subscribers and hooks see it.
     from: MsgFrom,
     server: JoinHandle<()>,
-    /// Payloads the health client received on `HEALTH_TOPIC`.
-    probe_rx: Mutex<mpsc::Receiver<Bytes>>,
-    probe_task: JoinHandle<()>,
+    /// The first listener as a client on this machine reaches it, and the probe's credentials.
+    probe: (SocketAddr, String, String),
+    /// One probe at a time (the watchdog and `ser2mqtt health` can overlap).
+    probing: Mutex<()>,
     /// Keeps the password and ACL hooks registered for the broker's lifetime.
     _auth: Box<dyn rmqtt::hook::Register>,
     acl_counters: Arc<acl::AclCounters>,
+    front_counters: Arc<front::FrontCounters>,
+    /// Stops the front door's accept loops and ends every spliced connection.
+    front_cancel: CancellationToken,
     /// Hooks added after start (the client-publish tap), kept registered for the broker's lifetime.
     taps: Mutex<Vec<Box<dyn rmqtt::hook::Register>>>,
 }
@@ -100,24 +103,39 @@ impl LocalBroker {
             .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-retainer", source })?;
         let mut server = MqttServer::new(scx.clone());
         let mut addrs = Vec::new();
-        for l in &settings.listeners {
-            let bind = |addr| -> anyhow::Result<_> {
+        let front_counters = Arc::new(front::FrontCounters::default());
+        let front_cancel = CancellationToken::new();
+        for (index, l) in settings.listeners.iter().enumerate() {
+            // The engine listens on loopback only; LAN clients reach it through the front door,
+            // which holds them to the limits the engine lacks.
+            let engine = |addr| -> anyhow::Result<_> {
                 let listener = Builder::new()
-                    .name(format!("tcp/{addr}"))
+                    .name(format!("tcp/{}", l.addr))
                     .laddr(addr)
                     .allow_anonymous(l.allow_anonymous)
-                    .reuseaddr(Some(true))
+                    .max_packet_size(settings.front.max_packet_size as u32)
                     .max_mqueue_len(settings.max_queue_len.get())
                     .bind()?
                     .tcp()?;
                 let local = listener.local_addr()?;
                 Ok((listener, local))
             };
-            let (listener, local) = bind(l.addr).map_err(|source| BrokerError::Bind { addr: l.addr, source })?;
+            let (listener, engine_addr) = engine(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                .map_err(|source| BrokerError::Bind { addr: l.addr, source })?;
             // rmqtt keys listener settings by id, the configured port by default: two listeners on
             // port 0 would share one. Their index is unique, and is what ACL rules refer to.
-            server = server.listener_by_id(listener, addrs.len() as u16);
-            addrs.push(local);
+            server = server.listener_by_id(listener, index as u16);
+            let public = tokio::net::TcpListener::bind(l.addr)
+                .await
+                .map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?;
+            addrs.push(public.local_addr().map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?);
+            tokio::spawn(front::serve(
+                public,
+                engine_addr,
+                settings.front.clone(),
+                front_counters.clone(),
+                front_cancel.clone(),
+            ));
         }
         let mut users = settings.users.clone();
         users.push((probe_user.clone(), Secret::Plain(probe_pass.clone())));
@@ -145,39 +163,60 @@ impl LocalBroker {
             ClientId::from("ser2mqtt-gateway"),
             Some(UserName::from("ser2mqtt")),
         ));
-        let (probe_tx, probe_rx) = mpsc::channel(16);
-        let probe_task = tokio::spawn(probe_client(loopback(addrs[0]), probe_user, probe_pass, probe_tx));
+        let probe_addr = loopback(addrs[0]);
         Ok(LocalBroker {
             scx,
             addrs,
             from,
             server: task,
-            probe_rx: Mutex::new(probe_rx),
-            probe_task,
+            probe: (probe_addr, probe_user, probe_pass),
+            probing: Mutex::new(()),
             _auth: register,
             acl_counters: counters,
+            front_counters,
+            front_cancel,
             taps: Mutex::new(Vec::new()),
         })
     }
 
-    /// Publishes a probe in-process and waits until a real MQTT client, connected over TCP to the first
-    /// listener, receives it: proof that the listener accepts, sessions route and publish works.
+    /// Connects a fresh MQTT client to the first listener, as a LAN client would (so a listener at
+    /// its connection cap or a process out of descriptors fails the probe), subscribes it to
+    /// `HEALTH_TOPIC`, publishes a nonce in-process and waits until the client receives it: proof
+    /// that new clients get in, sessions route and publish works.
     pub async fn round_trip(&self, timeout: Duration) -> Result<Duration, BrokerError> {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+        let _one = self.probing.lock().await;
         let start = Instant::now();
+        let (addr, user, pass) = &self.probe;
+        let mut opts =
+            MqttOptions::new(format!("{user}-{:08x}", fastrand::u32(..)), addr.ip().to_string(), addr.port());
+        opts.set_credentials(user.clone(), pass.clone());
+        // Only needs to outlive one probe.
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(opts, 4);
         let nonce = Bytes::from(format!("{:016x}", fastrand::u64(..)));
-        let mut rx = self.probe_rx.lock().await;
-        while rx.try_recv().is_ok() {} // stale answers to earlier, timed-out probes
         let wait = async {
-            self.publish_raw(HEALTH_TOPIC, nonce.clone(), QoS::AtMostOnce, false).await?;
             loop {
-                match rx.recv().await {
-                    Some(p) if p == nonce => return Ok(start.elapsed()),
-                    Some(_) => continue,
-                    None => return Err(BrokerError::Unhealthy(timeout)),
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.try_subscribe(HEALTH_TOPIC, rumqttc::QoS::AtMostOnce);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        self.publish_raw(HEALTH_TOPIC, nonce.clone(), QoS::AtMostOnce, false).await?;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.payload == nonce => return Ok(start.elapsed()),
+                    Ok(_) => {}
+                    Err(_) => return Err(BrokerError::Unhealthy(timeout)),
                 }
             }
         };
-        tokio::time::timeout(timeout, wait).await.unwrap_or(Err(BrokerError::Unhealthy(timeout)))
+        let result = tokio::time::timeout(timeout, wait).await.unwrap_or(Err(BrokerError::Unhealthy(timeout)));
+        // A clean DISCONNECT, so the session ends now rather than at its keepalive.
+        if result.is_ok() {
+            let _ = client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_millis(200), eventloop.poll()).await;
+        }
+        result
     }
 
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -230,6 +269,23 @@ impl LocalBroker {
         &self.acl_counters
     }
 
+    /// Connections and what the front door refused, dropped or cut since start.
+    pub fn front_counters(&self) -> &front::FrontCounters {
+        &self.front_counters
+    }
+
+    /// The broker's counters as one JSON object (the retained `{status_topic}/stats/broker`).
+    pub fn stats_json(&self) -> Vec<u8> {
+        #[derive(serde::Serialize)]
+        struct Stats<'a> {
+            #[serde(flatten)]
+            front: &'a front::FrontCounters,
+            #[serde(flatten)]
+            acl: &'a acl::AclCounters,
+        }
+        serde_json::to_vec(&Stats { front: &self.front_counters, acl: &self.acl_counters }).unwrap_or_default()
+    }
+
     /// False once the broker's server task has ended.
     pub fn is_running(&self) -> bool {
         !self.server.is_finished()
@@ -238,12 +294,12 @@ impl LocalBroker {
     /// Closes the listeners and disconnects every client.
     pub async fn stop(self) {
         self.close().await;
-        self.probe_task.abort();
     }
 
     /// Closes the listeners and kicks every session, leaving the value in place (used by `stop`, and by
     /// tests that need a broker which has died under a running gateway).
     pub async fn close(&self) {
+        self.front_cancel.cancel();
         self.server.abort();
         // Collect first: kicking while iterating the session map deadlocks.
         let ids: Vec<Id> = self.scx.extends.shared().await.iter().map(|e| e.id()).collect();
@@ -264,28 +320,6 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
         ip => ip,
     };
     SocketAddr::new(ip, addr.port())
-}
-
-/// The health client: stays connected and subscribed, forwarding what arrives on `HEALTH_TOPIC`.
-async fn probe_client(addr: SocketAddr, user: String, pass: String, tx: mpsc::Sender<Bytes>) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
-    let mut opts = MqttOptions::new(user.clone(), addr.ip().to_string(), addr.port());
-    opts.set_credentials(user, pass);
-    // Keepalive only needs to outlive the probe period; the probe itself is the liveness signal.
-    opts.set_keep_alive(Duration::from_secs(30));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                let _ = client.try_subscribe(HEALTH_TOPIC, rumqttc::QoS::AtMostOnce);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let _ = tx.try_send(p.payload);
-            }
-            Ok(_) => {}
-            Err(_) => tokio::time::sleep(PROBE_RECONNECT).await,
-        }
-    }
 }
 
 /// The ACL the hooks enforce: none configured means open, except that the gateway's own health

@@ -167,6 +167,10 @@ pub struct Outbox {
     done_ahead: HashSet<i64>,
     tokens: f64,
     refilled: Instant,
+    /// Live messages deferred behind their topic's backlog since the replay began. The replay sends
+    /// one of these free of `replay_rate`: the limit is on catching up, not on keeping up, or a
+    /// gateway reading faster than `replay_rate` would never drain a backlog once it had one.
+    deferred_credit: u64,
 }
 
 impl Outbox {
@@ -197,6 +201,7 @@ impl Outbox {
             done_ahead: HashSet::new(),
             tokens: 0.0,
             refilled: now,
+            deferred_credit: 0,
         }
     }
 
@@ -270,6 +275,7 @@ impl Outbox {
         // One token to start with: the first backlog message need not wait a whole period.
         self.tokens = 1.0;
         self.refilled = now;
+        self.deferred_credit = 0;
         self.backlog = backlog;
         self.backlog.retain(|_, n| *n > 0);
         self.replay_pos = if self.backlog.is_empty() { None } else { Some(0) };
@@ -444,6 +450,7 @@ impl Outbox {
             if behind_backlog {
                 // Same topic still has older messages to replay: it goes out with them, in order.
                 *self.backlog.entry(q.record.topic.clone()).or_default() += 1;
+                self.deferred_credit += 1;
                 continue;
             }
             if self.replay_pos.is_some() {
@@ -458,7 +465,7 @@ impl Outbox {
         let cap = (self.replay_rate / 5.0).max(1.0);
         self.tokens = (self.tokens + self.replay_rate * now.duration_since(self.refilled).as_secs_f64()).min(cap);
         self.refilled = now;
-        while self.room() && self.tokens >= 1.0 {
+        while self.room() && (self.tokens >= 1.0 || self.deferred_credit > 0) {
             let q = self.replay_buf.pop_front()?;
             if self.waits_for_qos2_slot(&q) {
                 self.replay_buf.push_front(q);
@@ -478,7 +485,11 @@ impl Outbox {
                 topic_done(&mut self.backlog, &q.record.topic);
                 continue;
             }
-            self.tokens -= 1.0;
+            if self.deferred_credit > 0 {
+                self.deferred_credit -= 1;
+            } else {
+                self.tokens -= 1.0;
+            }
             topic_done(&mut self.backlog, &q.record.topic);
             return Some(self.launch(q));
         }
@@ -487,7 +498,7 @@ impl Outbox {
 
     /// When the replay rate next allows a message (for the link's timer), if it is waiting on it.
     pub fn replay_wakeup(&self, now: Instant) -> Option<Instant> {
-        if self.replay_pos.is_none() || self.tokens >= 1.0 || !self.room() {
+        if self.replay_pos.is_none() || self.tokens >= 1.0 || self.deferred_credit > 0 || !self.room() {
             return None;
         }
         let secs = (1.0 - self.tokens) / self.replay_rate;

@@ -1,0 +1,302 @@
+//! The broker's front door against hostile or broken LAN clients, over real sockets: silent sockets
+//! closed at the CONNECT deadline, the connection cap (and the health probe noticing it), CONNACK 1
+//! for an unknown protocol level, keepalive at 1.5×, the packet size limit, and a stalled subscriber
+//! that costs bounded memory while a healthy one gets every message.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+use ser2mqtt::gateway::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// A gateway with one port (unused) and the given `broker:` settings on a loopback listener.
+async fn gateway(broker: &str) -> (Gateway, Pty) {
+    let p = pty();
+    let yaml = format!(
+        r#"
+gateway: {{ name: gw, stats_interval: 1s }}
+broker:
+  listeners: [{{ bind: "127.0.0.1:0" }}]
+{broker}
+ports:
+  - {{ name: t, device: {dev}, framing: {{ type: lines }}, decoder: {{ type: csv, columns: [v] }} }}
+maps:
+  - {{ port: t, topic: "sensors/{{field}}" }}
+"#,
+        dev = p.path.display()
+    );
+    (start(config_from(&yaml)).await, p)
+}
+
+/// An MQTT 3.1.1 CONNECT (clean session) with this client id, protocol level and keepalive.
+fn connect_packet(id: &str, level: u8, keepalive: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02];
+    body.extend_from_slice(&keepalive.to_be_bytes());
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    packet(0x10, &body)
+}
+
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(payload);
+    packet(0x30, &body)
+}
+
+fn subscribe_packet(filter: &str) -> Vec<u8> {
+    let mut body = vec![0, 1];
+    body.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    body.extend_from_slice(filter.as_bytes());
+    body.push(0);
+    packet(0x82, &body)
+}
+
+/// Connects with a raw CONNECT and returns the socket after a CONNACK 0.
+async fn raw_client(addr: SocketAddr, id: &str, keepalive: u16) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&connect_packet(id, 4, keepalive)).await.unwrap();
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut ack)).await.expect("CONNACK in time").unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    s
+}
+
+/// Waits until the server closes `s` (EOF or reset), reading and discarding what arrives.
+async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, read_to_end).await.is_ok()
+}
+
+/// Time for a real client to get its CONNACK.
+async fn connack_time(addr: SocketAddr) -> Duration {
+    let t = Instant::now();
+    let sub = subscribe_with(options(addr, &format!("probe-{}", fastrand::u32(..))), &[]).await;
+    assert!(sub.is_ok(), "a normal client was refused");
+    t.elapsed()
+}
+
+fn stats(gw: &Gateway) -> serde_json::Value {
+    serde_json::from_slice(&gw.broker().stats_json()).unwrap()
+}
+
+/// 2,000 (and each a descriptor here and one in the gateway) needs more than a 1,024 soft limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 8192 && hard > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn silent_sockets_are_closed_at_the_connect_deadline_while_clients_keep_getting_in() {
+    raise_fd_limit();
+    let (gw, _p) = gateway("  connect_timeout: 3s\n  max_connections: 2100").await;
+    let a = addr(&gw);
+    let opened = Instant::now();
+    let mut silent = Vec::new();
+    let mut worst = Duration::ZERO;
+    for i in 0..2000 {
+        silent.push(TcpStream::connect(a).await.unwrap());
+        if i % 250 == 0 {
+            worst = worst.max(connack_time(a).await);
+        }
+    }
+    worst = worst.max(connack_time(a).await);
+    // Generous against a loaded machine; on an idle one it is a few milliseconds.
+    assert!(worst < Duration::from_secs(2), "a normal client waited {worst:?} for its CONNACK");
+    for s in &mut silent {
+        assert!(closed_within(s, WAIT * 2).await, "a silent socket was held past the deadline");
+    }
+    assert!(opened.elapsed() >= Duration::from_secs(3), "closed before the deadline");
+    assert_eq!(stats(&gw)["connect_timeouts"], 2000);
+    assert!(connack_time(a).await < Duration::from_secs(2));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn at_the_connection_cap_new_clients_are_closed_and_health_fails_until_room_returns() {
+    let (gw, _p) = gateway("  connect_timeout: 2s\n  max_connections: 4").await;
+    let a = addr(&gw);
+    gw.health(WAIT).await.expect("healthy before");
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(TcpStream::connect(a).await.unwrap());
+    }
+    // Give the accept loop the four before the fifth comes.
+    wait_for("four connections held", || stats(&gw)["connections"] == 4).await;
+    let mut fifth = TcpStream::connect(a).await.unwrap();
+    assert!(closed_within(&mut fifth, WAIT).await, "the fifth connection was not closed");
+    let unhealthy = gw.health(Duration::from_millis(500)).await;
+    assert!(unhealthy.is_err(), "the health probe must fail while no new client gets in");
+    // The deadline clears the silent sockets; the probe gets in again.
+    for s in &mut silent {
+        assert!(closed_within(s, WAIT).await);
+    }
+    wait_for("room again", || stats(&gw)["connections"] == 0).await;
+    gw.health(WAIT).await.expect("healthy again");
+    assert!(stats(&gw)["refused_at_cap"].as_u64().unwrap() >= 2, "the fifth and the probe were refused");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_protocol_level_gets_connack_1() {
+    let (gw, _p) = gateway("").await;
+    let mut s = TcpStream::connect(addr(&gw)).await.unwrap();
+    s.write_all(&connect_packet("v6", 6, 30)).await.unwrap();
+    let mut ack = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut ack)).await.unwrap().unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 1], "CONNACK, unacceptable protocol version");
+    assert!(closed_within(&mut s, WAIT).await);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn keepalive_is_enforced_at_one_and_a_half_times() {
+    let (gw, _p) = gateway("").await;
+    let a = addr(&gw);
+    // A client that pings every 1.8 s with keepalive 2 s stays.
+    let mut pinger = raw_client(a, "pinger", 2).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1800)).await;
+        pinger.write_all(&[0xc0, 0]).await.unwrap();
+        let mut pong = [0u8; 2];
+        tokio::time::timeout(WAIT, pinger.read_exact(&mut pong)).await.unwrap().unwrap();
+        assert_eq!(pong, [0xd0, 0]);
+    }
+    drop(pinger);
+    // A silent one is closed after 1.5 x 2 s, not before.
+    let mut silent = raw_client(a, "silent", 2).await;
+    let t = Instant::now();
+    assert!(closed_within(&mut silent, WAIT).await);
+    let after = t.elapsed();
+    assert!(after >= Duration::from_millis(2900), "closed after {after:?}, before 1.5 x keepalive");
+    assert_eq!(stats(&gw)["keepalive_timeouts"], 1);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn packets_over_max_packet_size_close_the_connection() {
+    let (gw, _p) = gateway("  max_packet_size: 1KiB").await;
+    let a = addr(&gw);
+    let mut sub = subscribe(a, &[("big/#", QoS::AtMostOnce)]).await;
+    let mut s = raw_client(a, "big", 30).await;
+    s.write_all(&publish_packet("big/ok", &[b'x'; 900])).await.unwrap();
+    assert_eq!(sub.next_on("big/").await.payload.len(), 900);
+    s.write_all(&publish_packet("big/no", &[b'x'; 2000])).await.unwrap();
+    assert!(closed_within(&mut s, WAIT).await, "an oversized packet did not close the connection");
+    assert!(sub.drain_on("big/", Duration::from_millis(300)).await.is_empty());
+    assert_eq!(stats(&gw)["oversized_packets"], 1);
+    gw.shutdown().await;
+}
+
+/// Resident memory of a process in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_stalled_subscriber_costs_bounded_memory_and_a_healthy_one_gets_everything() {
+    // The gateway as its own process, so its memory is measured apart from the test's.
+    let dir = tempfile::tempdir().unwrap();
+    let p = pty();
+    let port = free_port();
+    let conf = dir.path().join("g.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "gateway: {{ name: gw, stats_interval: 1s }}\nbroker: {{ listeners: [{{ bind: \"127.0.0.1:{port}\" }}] }}\nports:\n  - {{ name: t, device: {}, framing: {{ type: lines }}, decoder: {{ type: csv, columns: [v] }} }}\nmaps:\n  - {{ port: t, topic: \"s/{{field}}\" }}\n",
+            p.path.display()
+        ),
+    )
+    .unwrap();
+    let gw = run_binary(&conf);
+    let a = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(a).await;
+    let pid = gw.0.id();
+
+    // Stalled: subscribes to everything, then never reads again.
+    let mut stalled = raw_client(a, "stalled", 0).await;
+    stalled.write_all(&subscribe_packet("#")).await.unwrap();
+    let mut suback = [0u8; 5];
+    stalled.read_exact(&mut suback).await.unwrap();
+    assert_eq!(suback, [0x90, 3, 0, 1, 0]);
+    let mut healthy = subscribe(a, &[("load/#", QoS::AtMostOnce)]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = rss_kib(pid);
+
+    // 20,000 x 2 KB (40 MB) at QoS 0; the publisher goes as fast as TCP lets it.
+    const N: usize = 20_000;
+    let publisher = subscribe(a, &[]).await;
+    let payload = vec![b'p'; 2048];
+    let pubs = tokio::spawn(async move {
+        for i in 0..N {
+            publisher.client.publish(format!("load/{}", i % 8), QoS::AtMostOnce, false, payload.clone()).await.unwrap();
+        }
+        publisher
+    });
+    let mut got = 0;
+    let mut peak = idle;
+    while got < N {
+        match healthy.next_within(WAIT).await {
+            Some(g) if g.topic.starts_with("load/") => got += 1,
+            Some(_) => {}
+            None => panic!("the healthy subscriber stopped after {got} of {N}"),
+        }
+        if got % 500 == 0 {
+            peak = peak.max(rss_kib(pid));
+        }
+    }
+    let _publisher = pubs.await.unwrap();
+    peak = peak.max(rss_kib(pid));
+    let growth = peak.saturating_sub(idle);
+    eprintln!("stalled subscriber: RSS idle {idle} KiB, peak {peak} KiB, growth {growth} KiB");
+    // The stalled subscriber's share is bounded by max_client_buffer (256 KiB, twice) plus socket
+    // buffers; without the bound it held every message (40 MB and more).
+    assert!(growth < 24 * 1024, "RSS grew by {growth} KiB over idle {idle} KiB");
+    // What the stalled subscriber missed is counted in the broker's stats.
+    let mut stats = subscribe(a, &[("gw/status/stats/broker", QoS::AtMostOnce)]).await;
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&stats.next_on("gw/status/stats/broker").await.payload).unwrap();
+        if v["qos0_dropped"].as_u64().unwrap() > 0 {
+            assert_eq!(v["slow_clients_cut"], 0, "QoS 0 only: dropped, not cut");
+            break;
+        }
+    }
+    drop(stalled);
+    drop(gw);
+}
