@@ -228,3 +228,33 @@ async fn deny_rules_win_and_anonymous_rules_hold_per_listener() {
     }
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn shared_subscriptions_split_readings_between_group_members() {
+    let mut p = pty();
+    let gw = start(config_from(&format!(
+        "gateway: {{ name: gw }}\nports:\n  - {{ name: t, device: {}, framing: {{ type: lines }}, decoder: {{ type: csv, columns: [v] }} }}\nmaps:\n  - {{ port: t, topic: \"sensors/{{field}}\", qos: 1 }}\n",
+        p.path.display()
+    )))
+    .await;
+    let a = addr(&gw);
+    let mut one = subscribe(a, &[("$share/workers/sensors/#", QoS::AtLeastOnce)]).await;
+    let mut two = subscribe(a, &[("$share/workers/sensors/#", QoS::AtLeastOnce)]).await;
+    assert_eq!(one.suback, vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)]);
+    for i in 0..40 {
+        p.write(format!("{i}\n").as_bytes()).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        tokio::select! {
+            g = one.next_within(WAIT) => seen.push((1, g.expect("a reading in time").payload)),
+            g = two.next_within(WAIT) => seen.push((2, g.expect("a reading in time").payload)),
+        }
+    }
+    let mut values: Vec<u32> = seen.iter().map(|(_, v)| v.parse().unwrap()).collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..40).collect::<Vec<_>>(), "each reading to exactly one member");
+    assert!(seen.iter().any(|(w, _)| *w == 1) && seen.iter().any(|(w, _)| *w == 2), "both members get a share");
+    assert!(one.drain_on("sensors/", Duration::from_millis(300)).await.is_empty());
+    gw.shutdown().await;
+}

@@ -300,3 +300,43 @@ async fn a_stalled_subscriber_costs_bounded_memory_and_a_healthy_one_gets_everyt
     drop(stalled);
     drop(gw);
 }
+
+#[tokio::test]
+async fn the_retained_store_is_bounded_and_says_what_it_refused() {
+    // The gateway's own retained topics (availability, stats) count but are never refused.
+    let (gw, _p) = gateway("  max_retained: 6\n  max_retained_bytes: 4KiB").await;
+    let a = addr(&gw);
+    let publisher = subscribe(a, &[]).await;
+    // Room for what the gateway retains plus a few: fill it from a client.
+    for i in 1..=8 {
+        publisher.client.publish(format!("r/{i}"), QoS::AtLeastOnce, true, format!("v{i}")).await.unwrap();
+    }
+    let refused = || stats(&gw)["retained_refused"].as_u64().unwrap();
+    wait_for("retained refusals counted", || refused() > 0).await;
+    let late = subscribe(a, &[("r/#", QoS::AtLeastOnce)]).await;
+    let mut kept: Vec<String> = late_retained(late).await;
+    kept.sort();
+    let n = kept.len();
+    let kept: Vec<String> = kept.iter().map(|e| e.split('=').next().unwrap().to_string()).collect();
+    assert!(n > 0 && n < 8, "some kept, some refused: {kept:?}");
+    assert_eq!(refused(), 8 - n as u64, "each refusal counted");
+    // Updating a stored topic always works, full or not; clearing one makes room for a new one.
+    publisher.client.publish("r/1", QoS::AtLeastOnce, true, "new").await.unwrap();
+    publisher.client.publish(kept[1].clone(), QoS::AtLeastOnce, true, "").await.unwrap();
+    publisher.client.publish("r/9", QoS::AtLeastOnce, true, "v9").await.unwrap();
+    // A payload over the byte bound is delivered but not retained.
+    publisher.client.publish(kept[2].clone(), QoS::AtLeastOnce, true, vec![b'x'; 5000]).await.unwrap();
+    wait_for("the oversized update refused", || refused() == 8 - n as u64 + 1).await;
+    let late = subscribe(a, &[("r/#", QoS::AtLeastOnce)]).await;
+    let now = late_retained(late).await;
+    assert!(now.contains(&"r/1=new".to_string()), "{now:?}");
+    assert!(now.contains(&"r/9=v9".to_string()), "{now:?}");
+    assert!(!now.iter().any(|e| e.starts_with(&format!("{}=", kept[1]))), "cleared: {now:?}");
+    gw.shutdown().await;
+}
+
+/// The retained messages a new subscriber gets on `r/`, as `topic=payload`.
+async fn late_retained(mut sub: Subscriber) -> Vec<String> {
+    let got = sub.drain_on("r/", Duration::from_millis(500)).await;
+    got.into_iter().filter(|g| g.retain).map(|g| format!("{}={}", g.topic, g.payload)).collect()
+}

@@ -96,6 +96,9 @@ pub struct BrokerSettings {
     pub max_sessions: NonZeroUsize,
     /// Per-listener connection limits, enforced in front of the engine.
     pub front: crate::local_broker::front::FrontLimits,
+    /// Bounds of the retained store: topics, and payload bytes in total.
+    pub max_retained: NonZeroUsize,
+    pub max_retained_bytes: usize,
 }
 
 /// The broker's listener when the config names none: loopback only, as Mosquitto 2 does.
@@ -111,6 +114,8 @@ impl BrokerSettings {
             max_queue_len: resolve::DEFAULT_MAX_QUEUE_LEN,
             max_sessions: resolve::DEFAULT_MAX_SESSIONS,
             front: resolve::default_front_limits(),
+            max_retained: resolve::DEFAULT_MAX_QUEUE_LEN,
+            max_retained_bytes: resolve::DEFAULT_MAX_RETAINED_BYTES,
         }
     }
 }

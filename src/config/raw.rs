@@ -95,6 +95,10 @@ pub struct RawBroker {
     pub max_packet_size: Option<bytesize::ByteSize>,
     /// Bytes waiting for one slow client before its QoS 0 messages are dropped, then it is cut.
     pub max_client_buffer: Option<bytesize::ByteSize>,
+    /// Retained topics kept at most (each a last value).
+    pub max_retained: Option<usize>,
+    /// Retained payload bytes kept at most, over all topics.
+    pub max_retained_bytes: Option<bytesize::ByteSize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -29,6 +29,9 @@ use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
 pub(super) const DEFAULT_MAX_QUEUE_LEN: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 /// Sessions on a LAN gateway: dashboards, loggers, a few phones. Bounds memory if a client misbehaves.
 pub(super) const DEFAULT_MAX_SESSIONS: NonZeroUsize = NonZeroUsize::new(256).unwrap();
+/// 16 MiB of last values: 4,096 topics (the default count, `max_queue_len`) of 4 KiB each, a small
+/// share of a 512 MiB board.
+pub(super) const DEFAULT_MAX_RETAINED_BYTES: usize = 16 * 1024 * 1024;
 
 /// The front door's defaults. 256 connections per listener matches `max_sessions`; each takes three
 /// descriptors (client, splice, engine side), well inside the unit's `LimitNOFILE`. A scanner's
@@ -405,6 +408,19 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
     // 2 bytes is the smallest MQTT packet; 268,435,455 + 5 the largest the length field can say.
     let max_packet_size = bytes(raw.max_packet_size, d.max_packet_size, "max_packet_size", 64, p).min(268_435_460);
     let max_client_buffer = bytes(raw.max_client_buffer, d.max_client_buffer, "max_client_buffer", 1024, p);
+    // At most max_queue_len by default: a new `#` subscriber receives every retained message only
+    // if they all fit in its queue at once.
+    let max_retained = nonzero(raw.max_retained, max_queue_len, "max_retained", p);
+    if max_retained > max_queue_len {
+        p.add(
+            "broker.max_retained",
+            format!(
+                "{max_retained} is more than `max_queue_len` ({max_queue_len}): a subscriber to `#` would receive only \
+                 {max_queue_len} of them; raise `max_queue_len` too"
+            ),
+        );
+    }
+    let max_retained_bytes = bytes(raw.max_retained_bytes, DEFAULT_MAX_RETAINED_BYTES, "max_retained_bytes", 1024, p);
     let front =
         FrontLimits { max_connections: max_connections.get(), connect_timeout, max_packet_size, max_client_buffer };
     (p.count() == start).then(|| BrokerSettings {
@@ -424,6 +440,8 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
         max_queue_len,
         max_sessions,
         front,
+        max_retained,
+        max_retained_bytes,
     })
 }
 

@@ -16,6 +16,8 @@
 pub mod acl;
 mod auth;
 pub mod front;
+mod retained;
+mod shared;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -77,6 +79,8 @@ pub struct LocalBroker {
     _auth: Box<dyn rmqtt::hook::Register>,
     acl_counters: Arc<acl::AclCounters>,
     front_counters: Arc<front::FrontCounters>,
+    /// New retained topics not stored because the retained store was at a bound.
+    retained_refused: Arc<std::sync::atomic::AtomicU64>,
     /// Stops the front door's accept loops and ends every spliced connection.
     front_cancel: CancellationToken,
     /// Hooks added after start (the client-publish tap), kept registered for the broker's lifetime.
@@ -98,9 +102,21 @@ impl LocalBroker {
             )
             .build()
             .await;
+        *scx.extends.shared_subscription_mut().await = Box::new(shared::RoundRobin::default());
         rmqtt_retainer::register(&scx, true, false)
             .await
             .map_err(|source| BrokerError::Plugin { plugin: "rmqtt-retainer", source })?;
+        let retained_refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        {
+            let mut slot = scx.extends.retain_mut().await;
+            let plugin = std::mem::replace(&mut *slot, Box::new(rmqtt::retain::DefaultRetainStorage::new()));
+            *slot = Box::new(retained::Bounded::new(
+                plugin,
+                settings.max_retained.get(),
+                settings.max_retained_bytes,
+                retained_refused.clone(),
+            ));
+        }
         let mut server = MqttServer::new(scx.clone());
         let mut addrs = Vec::new();
         let front_counters = Arc::new(front::FrontCounters::default());
@@ -175,6 +191,7 @@ impl LocalBroker {
             acl_counters: counters,
             front_counters,
             front_cancel,
+            retained_refused,
             taps: Mutex::new(Vec::new()),
         })
     }
@@ -282,8 +299,11 @@ impl LocalBroker {
             front: &'a front::FrontCounters,
             #[serde(flatten)]
             acl: &'a acl::AclCounters,
+            retained_refused: u64,
         }
-        serde_json::to_vec(&Stats { front: &self.front_counters, acl: &self.acl_counters }).unwrap_or_default()
+        let retained_refused = self.retained_refused.load(std::sync::atomic::Ordering::Relaxed);
+        let stats = Stats { front: &self.front_counters, acl: &self.acl_counters, retained_refused };
+        serde_json::to_vec(&stats).unwrap_or_default()
     }
 
     /// False once the broker's server task has ended.
