@@ -340,3 +340,110 @@ async fn late_retained(mut sub: Subscriber) -> Vec<String> {
     let got = sub.drain_on("r/", Duration::from_millis(500)).await;
     got.into_iter().filter(|g| g.retain).map(|g| format!("{}={}", g.topic, g.payload)).collect()
 }
+
+#[tokio::test]
+async fn a_client_reconnecting_at_once_with_the_same_id_is_never_refused() {
+    let (gw, _p) = gateway("").await;
+    let a = addr(&gw);
+    let mut refused = 0;
+    let mut previous: Option<TcpStream> = None;
+    for i in 0..300 {
+        // The previous connection says DISCONNECT and the client comes straight back, or it drops
+        // without one as the new one arrives (a phone switching networks, a device rebooting), or
+        // it stays and is taken over; with clean and with persistent sessions.
+        if i % 3 == 0 {
+            if let Some(mut p) = previous.take() {
+                p.write_all(&[0xe0, 0]).await.unwrap();
+            }
+        }
+        let mut s = TcpStream::connect(a).await.unwrap();
+        let mut connect = connect_packet("same-id", 4, 30);
+        if i % 2 == 1 {
+            connect[9] = 0; // connect flags: persistent session
+        }
+        s.write_all(&connect).await.unwrap();
+        if i % 3 == 1 {
+            drop(previous.take());
+        }
+        let mut ack = [0u8; 4];
+        tokio::time::timeout(WAIT, s.read_exact(&mut ack)).await.expect("CONNACK in time").unwrap();
+        assert_eq!(ack[..2], [0x20, 2], "a CONNACK");
+        if ack[3] != 0 {
+            refused += 1;
+        }
+        previous = Some(s);
+    }
+    assert_eq!(refused, 0, "{refused} of 300 reconnects refused");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broker_full_of_sessions_is_still_healthy() {
+    let (gw, _p) = gateway("  max_sessions: 2").await;
+    let a = addr(&gw);
+    let _one = subscribe(a, &[]).await;
+    let _two = subscribe(a, &[]).await;
+    let third = subscribe_with(options(a, "third"), &[]).await.err();
+    assert_eq!(third, Some(rumqttc::ConnectReturnCode::ServiceUnavailable));
+    // The probe's own connection is answered (CONNACK 3): the gateway is full, not broken, and a
+    // watchdog restart would only drop the two clients.
+    gw.health(WAIT).await.expect("healthy while full");
+    gw.shutdown().await;
+}
+
+/// The next systemd notification on `sock`, if one comes within `wait`.
+async fn notification(sock: &tokio::net::UnixDatagram, wait: Duration) -> Option<String> {
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(wait, sock.recv(&mut buf)).await.ok()?.unwrap();
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_watchdog_stops_until_the_sockets_are_gone() {
+    raise_fd_limit();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let p = pty();
+    let port = free_port();
+    let conf = dir.path().join("g.yaml");
+    // No connection cap in the way: the descriptor limit is what runs out here.
+    std::fs::write(
+        &conf,
+        format!(
+            "gateway: {{ name: gw }}\nbroker: {{ listeners: [{{ bind: \"127.0.0.1:{port}\" }}], max_connections: 5000, connect_timeout: 60s }}\nports:\n  - {{ name: t, device: {}, framing: {{ type: lines }}, decoder: {{ type: csv, columns: [v] }} }}\nmaps:\n  - {{ port: t, topic: \"s/{{field}}\" }}\n",
+            p.path.display()
+        ),
+    )
+    .unwrap();
+    // As a unit without LimitNOFILE runs it: soft and hard limit 1,024.
+    let child = std::process::Command::new("sh")
+        .args(["-c", "ulimit -n 1024 && exec \"$0\" run --config \"$1\""])
+        .arg(env!("CARGO_BIN_EXE_ser2mqtt"))
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "600000")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _gw = ChildGuard(child);
+    assert!(notification(&sock, WAIT).await.unwrap().starts_with("READY=1"));
+    assert_eq!(notification(&sock, WAIT).await.unwrap(), "WATCHDOG=1");
+
+    let a = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        idle.push(TcpStream::connect(a).await.unwrap());
+    }
+    // Keep-alives stop: skip the one that may be on its way, then expect a silence of several
+    // watchdog periods.
+    let _ = notification(&sock, Duration::from_millis(700)).await;
+    let mut during = Vec::new();
+    while let Some(n) = notification(&sock, Duration::from_millis(1500)).await {
+        during.push(n);
+        assert!(during.len() < 10, "keep-alives went on while no client could get in: {during:?}");
+    }
+    // The sockets go (closed here; at the CONNECT deadline otherwise): keep-alives come back.
+    drop(idle);
+    assert_eq!(notification(&sock, WAIT).await.as_deref(), Some("WATCHDOG=1"));
+}
