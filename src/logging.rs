@@ -86,7 +86,7 @@ impl<S: tracing::Subscriber> Layer<S> for JournalLayer {
             tracing::Level::TRACE => log::Level::Trace,
         };
         let kvs: Vec<(&str, &str)> = f.fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let message = f.message.as_str();
+        let message = with_fields(&f);
         // Nothing sensible can be done if the journal refuses a log line.
         let _ = self.journal.journal_send(
             &log::Record::builder()
@@ -99,6 +99,32 @@ impl<S: tracing::Subscriber> Layer<S> for JournalLayer {
                 .args(format_args!("{message}"))
                 .build(),
         );
+    }
+}
+
+/// The message as the default journal view shows it: the text, then each field not already in it
+/// (`port=gps device=/dev/ttyUSB0 error=…`), since `journalctl -u` shows only MESSAGE; the fields
+/// are also sent as journal fields for filtering.
+pub fn with_fields(f: &EventFields) -> String {
+    let mut text = f.message.clone();
+    let extra: Vec<String> =
+        f.fields.iter().filter(|(_, v)| !f.message.contains(v.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
+    if !extra.is_empty() {
+        let _ = write!(text, " ({})", extra.join(" "));
+    }
+    text
+}
+
+/// Writes a fatal error to stderr; under systemd with the `<3>` prefix journald reads as error
+/// priority, so `journalctl -p err` shows why the service could not start.
+pub fn fatal(text: &str) {
+    let journal = systemd_journal_logger::connected_to_journal();
+    for line in text.lines() {
+        if journal {
+            eprintln!("<3>{line}");
+        } else {
+            eprintln!("{line}");
+        }
     }
 }
 
@@ -126,6 +152,7 @@ mod tests {
         assert_eq!(seen[0].message, "garbled input dropped");
         let fields: Vec<(&str, &str)> = seen[0].fields.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(fields, [("port", "gps"), ("device", "/dev/ttyUSB0"), ("bytes", "12")]);
+        assert_eq!(with_fields(&seen[0]), "garbled input dropped (port=gps device=/dev/ttyUSB0 bytes=12)");
         // systemd-journal-logger upper-cases keys: `journalctl PORT=gps` finds this entry.
     }
 }

@@ -9,8 +9,16 @@ use ser2mqtt::config::{self, LoadError};
 use ser2mqtt::supervisor::{self, Notifier, Supervision};
 use tokio_util::sync::CancellationToken;
 
-/// sysexits EX_USAGE: the configuration (what the user typed) is wrong.
+/// sysexits EX_USAGE: the configuration (what the user typed) is wrong. The unit does not restart
+/// on it (`RestartPreventExitStatus=64`): the file does not fix itself.
 const EXIT_BAD_CONFIG: u8 = 64;
+/// sysexits EX_UNAVAILABLE: a listener's address is taken (often a Mosquitto on 1883). Restarted,
+/// within the unit's start limit, since a previous instance may still be letting go of it.
+const EXIT_ADDRESS_BUSY: u8 = 69;
+/// sysexits EX_CANTCREAT: the state directory or its queue cannot be opened.
+const EXIT_STATE: u8 = 73;
+/// sysexits EX_TEMPFAIL: anything else; worth a restart.
+const EXIT_OTHER: u8 = 75;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,7 +26,7 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ser2mqtt: error: {e:#}");
+            ser2mqtt::logging::fatal(&format!("ser2mqtt: error: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -57,8 +65,17 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 notifier: Notifier::from_env(),
                 watchdog: supervisor::watchdog_from_env(),
             };
-            supervisor::run(c, sup, shutdown_signal()).await.context("gateway failed")?;
-            Ok(ExitCode::SUCCESS)
+            match supervisor::run(c, sup, shutdown_signal()).await {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => {
+                    let code = exit_code(&e);
+                    let text = format!("{:#}", anyhow::Error::from(e));
+                    ser2mqtt::logging::fatal(&format!("ser2mqtt: cannot start: {text}"));
+                    // What `systemctl status` shows for the failed unit.
+                    Notifier::from_env().notify(&format!("STATUS=failed: {text}"));
+                    Ok(ExitCode::from(code))
+                }
+            }
         }
         Command::Queue { command: QueueCommand::Status { config, json } } => {
             let c = match config::load(&config) {
@@ -125,15 +142,29 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn report(e: LoadError) -> ExitCode {
+    let text = match &e {
+        LoadError::Invalid(errors) => errors.to_string(),
+        e @ LoadError::Read { .. } => format!("ser2mqtt: {e}"),
+    };
+    ser2mqtt::logging::fatal(&text);
+    Notifier::from_env().notify(&format!("STATUS=failed: {}", config::first_problem(&e)));
+    ExitCode::from(EXIT_BAD_CONFIG)
+}
+
+/// The exit code for a gateway that could not start.
+fn exit_code(e: &ser2mqtt::gateway::GatewayError) -> u8 {
+    use ser2mqtt::gateway::GatewayError;
+    use ser2mqtt::local_broker::BrokerError;
     match e {
-        LoadError::Invalid(errors) => {
-            eprint!("{errors}");
-            ExitCode::from(EXIT_BAD_CONFIG)
+        GatewayError::Broker(BrokerError::Bind { source, .. })
+            if source.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+            }) =>
+        {
+            EXIT_ADDRESS_BUSY
         }
-        e @ LoadError::Read { .. } => {
-            eprintln!("ser2mqtt: {e}");
-            ExitCode::from(EXIT_BAD_CONFIG)
-        }
+        GatewayError::Store(_) => EXIT_STATE,
+        _ => EXIT_OTHER,
     }
 }
 

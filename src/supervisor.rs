@@ -98,8 +98,9 @@ pub async fn supervise(mut gw: Gateway, sup: Supervision, shutdown: impl Future<
     // Installed first: SIGHUP's default action would end the process.
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     gw.ports_tried().await;
-    sup.notifier.notify("READY=1\nSTATUS=broker listening, ports opened");
-    tracing::info!("ready");
+    let status = ready_status(&gw);
+    sup.notifier.notify(&format!("READY=1\nSTATUS={status}"));
+    tracing::info!("ready: {status}");
 
     // Half the period, as sd_watchdog_enabled(3) advises; a day when there is no watchdog (never fires
     // in practice, keeps one select arm).
@@ -112,8 +113,9 @@ pub async fn supervise(mut gw: Gateway, sup: Supervision, shutdown: impl Future<
             Some(()) = async { hup.as_mut()?.recv().await } => {
                 match &sup.config_path {
                     Some(path) => {
-                        if reload(&mut gw, path).await {
-                            sup.notifier.notify("STATUS=configuration reloaded");
+                        match reload(&mut gw, path).await {
+                            Ok(()) => sup.notifier.notify(&format!("STATUS=configuration reloaded; {}", ready_status(&gw))),
+                            Err(why) => sup.notifier.notify(&format!("STATUS=reload refused, running configuration kept: {why}")),
                         }
                     }
                     None => tracing::info!("SIGHUP ignored: no configuration file to reload"),
@@ -133,13 +135,31 @@ pub async fn supervise(mut gw: Gateway, sup: Supervision, shutdown: impl Future<
     gw.shutdown().await;
 }
 
+/// What `systemctl status` shows once the gateway is up: where the broker listens and how many
+/// ports are open (a port that failed to open is retried, and says `offline` meanwhile).
+fn ready_status(gw: &Gateway) -> String {
+    let ports = gw.stats();
+    let open = ports.iter().filter(|(_, s)| s.opens.load(std::sync::atomic::Ordering::Relaxed) > 0).count();
+    let addrs: Vec<String> = gw.broker_addrs().iter().map(|a| a.to_string()).collect();
+    let mut text = format!("broker listening on {}; {open} of {} ports open", addrs.join(", "), ports.len());
+    let failed: Vec<&str> = ports
+        .iter()
+        .filter(|(_, s)| s.opens.load(std::sync::atomic::Ordering::Relaxed) == 0)
+        .map(|(n, _)| &**n)
+        .collect();
+    if !failed.is_empty() {
+        text += &format!(" (retrying {})", failed.join(", "));
+    }
+    text
+}
+
 /// Re-reads `path`. A file with problems leaves the running configuration in place and logs every
-/// problem; a valid one is applied. Returns whether it was applied.
-pub async fn reload(gw: &mut Gateway, path: &Path) -> bool {
+/// problem; a valid one is applied. `Err` carries the first problem, for the status line.
+pub async fn reload(gw: &mut Gateway, path: &Path) -> Result<(), String> {
     match config::load(path) {
         Err(e) => {
             tracing::error!(config = %path.display(), "reload refused, running configuration kept:\n{e}");
-            false
+            Err(config::first_problem(&e))
         }
         Ok(new) => {
             let r = gw.reload(new).await;
@@ -154,7 +174,7 @@ pub async fn reload(gw: &mut Gateway, path: &Path) -> bool {
             if !r.needs_restart.is_empty() {
                 tracing::warn!(settings = ?r.needs_restart, "these settings take effect only after a restart");
             }
-            true
+            Ok(())
         }
     }
 }

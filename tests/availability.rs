@@ -95,6 +95,10 @@ async fn missing_device_at_start_is_retried_while_the_gateway_runs() {
     let gw = Gateway::start(config_from(&yaml(&link))).await.expect("starts without the device");
     let mut sub = subscribe(addr(&gw), &[("x/#", QoS::AtLeastOnce), ("gw/status", QoS::AtLeastOnce)]).await;
     assert_eq!(sub.next_on("gw/status").await.payload, "online", "the gateway is up although the port is not");
+    // A port that never opened says so, as a lost one does.
+    let mut avail = subscribe(addr(&gw), &[("gw/t/availability", QoS::AtLeastOnce)]).await;
+    let got = avail.next_on("gw/t/availability").await;
+    assert_eq!((got.payload.as_str(), got.retain), ("offline", true));
     wait_for("a few failed opens", || gw.stats()[0].1.open_failures.load(Ordering::Relaxed) >= 2).await;
 
     let mut p = pty();
@@ -102,6 +106,7 @@ async fn missing_device_at_start_is_retried_while_the_gateway_runs() {
     wait_for("opened once it exists", || gw.stats()[0].1.opens.load(Ordering::Relaxed) >= 1).await;
     p.write(b"42\n").await;
     assert_eq!(sub.next_on("x/").await.payload, "42");
+    assert_eq!(avail.next_on("gw/t/availability").await.payload, "online");
     gw.shutdown().await;
 }
 

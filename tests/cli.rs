@@ -109,3 +109,48 @@ fn hash_password_prints_an_argon2_hash_that_check_accepts() {
     let check = Command::new(BIN).args(["check", "--config"]).arg(&file).output().unwrap();
     assert_eq!(check.status.code(), Some(0), "{}", String::from_utf8_lossy(&check.stderr));
 }
+
+/// `run` with a config whose listener address another program holds: exit 69 (the unit restarts it
+/// within its start limit), the cause on stderr; under journald each line carries `<3>` (error).
+#[tokio::test]
+async fn run_exits_69_when_the_listener_address_is_taken_and_says_so_at_error_priority() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("g.yaml");
+    std::fs::write(
+        &conf,
+        format!("gateway: {{ name: gw }}\nbroker: {{ listeners: [{{ bind: \"127.0.0.1:{port}\" }}] }}\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ser2mqtt")).args(["run", "--config"]).arg(&conf).output().unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on 127.0.0.1:{port}")) && err.contains("in use"), "{err}");
+
+    // With stderr connected to the journal (JOURNAL_STREAM names stderr's device and inode).
+    let file = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let meta = std::os::unix::fs::MetadataExt::dev(&file.metadata().unwrap());
+    let ino = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
+    let status = Command::new(env!("CARGO_BIN_EXE_ser2mqtt"))
+        .args(["run", "--config"])
+        .arg(&conf)
+        .env("JOURNAL_STREAM", format!("{meta}:{ino}"))
+        .stderr(file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(69));
+    let err = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
+    let fatal: Vec<&str> = err.lines().filter(|l| l.contains("cannot listen")).collect();
+    assert!(!fatal.is_empty() && fatal.iter().all(|l| l.starts_with("<3>")), "{err}");
+}
+
+#[test]
+fn run_exits_64_on_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("g.yaml");
+    std::fs::write(&conf, "gateway: { name: gw }\nports: nope\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ser2mqtt")).args(["run", "--config"]).arg(&conf).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("g.yaml:2:"), "{}", String::from_utf8_lossy(&out.stderr));
+}

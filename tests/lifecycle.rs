@@ -92,7 +92,11 @@ async fn a_bad_file_is_refused_and_the_running_configuration_keeps_publishing() 
     let mut sub = subscribe(addr(&gw), &[("#", QoS::AtLeastOnce)]).await;
 
     std::fs::write(&file, yaml(&p.path, "a", None).replace("type: lines", "type: line")).unwrap();
-    assert!(!supervisor::reload(&mut gw, &file).await, "a bad file must not be applied");
+    let refused = supervisor::reload(&mut gw, &file).await;
+    assert!(
+        refused.as_ref().is_err_and(|why| why.contains("ser2mqtt.yaml")),
+        "a bad file must not be applied: {refused:?}"
+    );
     p.write(b"7\n").await;
     assert_eq!(sub.next_on("a/").await.payload, "7");
     assert_eq!(gw.stats()[0].1.opens.load(Ordering::Relaxed), 1, "the port was not touched");
@@ -121,7 +125,7 @@ async fn a_good_file_applies_new_maps_and_ports_without_losing_readings_on_uncha
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     std::fs::write(&file, yaml(&a_path, "new", Some(&b.path))).unwrap();
-    assert!(supervisor::reload(&mut gw, &file).await);
+    supervisor::reload(&mut gw, &file).await.unwrap();
     let _a = writer.await.unwrap();
 
     let got = sub.take_on("", 200).await;
@@ -192,7 +196,7 @@ async fn a_port_whose_settings_changed_is_restarted_on_its_new_device() {
     assert_eq!(sub.next_on("a/").await.payload, "1");
 
     std::fs::write(&file, yaml(&second.path, "a", None)).unwrap();
-    assert!(supervisor::reload(&mut gw, &file).await);
+    supervisor::reload(&mut gw, &file).await.unwrap();
     wait_for("the port reopened on the new device", || gw.stats()[0].1.opens.load(Ordering::Relaxed) == 1).await;
     second.write(b"2\n").await;
     assert_eq!(sub.next_on("a/").await.payload, "2");

@@ -28,6 +28,15 @@ use crate::serial::checksum::Checksum;
 use crate::serial::framing::FramingSpec;
 use crate::topic_map::TopicMap;
 
+/// One line for a status text: the first problem a load reported (`file:line:col: key: what`), or
+/// the read error.
+pub fn first_problem(e: &LoadError) -> String {
+    let text = e.to_string();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let head = lines.next().unwrap_or("invalid configuration");
+    lines.next().unwrap_or(head).trim().to_string()
+}
+
 /// Where the packaged service looks when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/ser2mqtt/ser2mqtt.yaml";
 

@@ -56,6 +56,9 @@ fn bump(c: &AtomicU64, n: u64) {
 
 /// First backoff after a failed open; doubles up to the port's `reopen_backoff_max`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A port that keeps failing to open is mentioned again this often (the first failure of each kind
+/// is logged at once): often enough to be seen in `journalctl -f`, rare enough not to flood it.
+const FAILING_SUMMARY: Duration = Duration::from_secs(600);
 /// At most one warning about garbled input per port in this period (the counters keep the totals).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Read buffer: a few frames of the largest size, so one read syscall carries several frames.
@@ -70,6 +73,8 @@ pub async fn run_port(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut last_error: Option<String> = None;
+    // Since when the port has been failing to open, and when that was last summarised.
+    let mut failing: Option<(Instant, Instant)> = None;
     loop {
         match open(&port).await {
             Ok(device) => {
@@ -77,6 +82,7 @@ pub async fn run_port(
                 let resolved = std::fs::canonicalize(&port.device).unwrap_or_else(|_| port.device.clone());
                 tracing::info!(port = %port.name, device = %port.device.display(), resolved = %resolved.display(), "serial port opened");
                 last_error = None;
+                failing = None;
                 backoff = FIRST_BACKOFF;
                 let result = match device {
                     Device::Serial(s) => read_frames(s, &port, &tx, &stats, &shutdown).await,
@@ -101,6 +107,25 @@ pub async fn run_port(
                         "cannot open serial port `{}` ({}): {msg}{advice}; retrying with backoff",
                         port.name, port.device.display());
                     last_error = Some(msg);
+                }
+                let now = Instant::now();
+                match &mut failing {
+                    None => {
+                        failing = Some((now, now));
+                        // A port that never opened is as offline as one that was lost (which
+                        // says so when its reader returns).
+                        if stats.opens.load(Ordering::Relaxed) == 0 && !availability(&tx, &port, false).await {
+                            return;
+                        }
+                    }
+                    Some((since, said)) if now.duration_since(*said) >= FAILING_SUMMARY => {
+                        *said = now;
+                        let tries = stats.open_failures.load(Ordering::Relaxed);
+                        tracing::warn!(port = %port.name, device = %port.device.display(), error = %e,
+                            "serial port `{}` ({}) still cannot be opened after {:.0?} ({tries} attempts in all): {e}",
+                            port.name, port.device.display(), since.elapsed());
+                    }
+                    Some(_) => {}
                 }
             }
         }
