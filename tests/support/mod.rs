@@ -31,6 +31,14 @@ pub struct Pty {
 
 pub fn pty() -> Pty {
     let (master, slave) = SerialStream::pair().expect("pty pair");
+    // serialport opens both ends without O_CLOEXEC: a gateway or Mosquitto that any test starts
+    // meanwhile would inherit them, and dropping this pair would then not hang the pty up.
+    for end in [&master, &slave] {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the fd belongs to `end`, which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(end.as_raw_fd()) };
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).expect("set FD_CLOEXEC");
+    }
     let path = PathBuf::from(slave.name().expect("pty slave name"));
     Pty { master, slave, path }
 }
