@@ -423,6 +423,10 @@ async fn open_durable(
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.retained()).await.expect("store read does not panic")?
     };
+    // Kept values of topics no retained map produces any more (the map was removed or changed) are
+    // not brought back; they are cleared below, once the writer runs.
+    let (kept, orphaned): (Vec<_>, Vec<_>) =
+        kept.into_iter().partition(|r| config.maps.iter().any(|m| m.retain && m.topic.could_be(&r.topic)));
     for r in &kept {
         let msg = OutMessage { topic: r.topic.clone(), payload: r.payload.clone(), qos: r.qos, retain: true };
         broker.publish(&msg).await?;
@@ -433,6 +437,13 @@ async fn open_durable(
     let committed = Arc::new(tokio::sync::Notify::new());
     let interval = upstream.as_ref().map(|u| u.queue.commit_interval).unwrap_or(Duration::from_millis(100));
     let (acceptor, writer) = start_writer(store.clone(), upstream.clone(), interval, committed.clone());
+    for r in &orphaned {
+        tracing::info!(topic = %r.topic, "retained value of a topic no map produces any more: cleared, not republished");
+        // An empty retained message: deletes the kept value, and clears the cloud's copy too when a
+        // forward rule takes the topic.
+        let clear = OutMessage { topic: r.topic.clone(), payload: Bytes::new(), qos: r.qos, retain: true };
+        acceptor.submit(&clear, true).await;
+    }
     let mut tap = None;
     if let Some(u) = &upstream {
         let filters: Vec<String> = u.forward.iter().filter(|r| r.from_clients).map(|r| r.filter.clone()).collect();

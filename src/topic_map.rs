@@ -67,6 +67,25 @@ impl Template {
     }
 
     /// Renders with `lookup`; `None` if a placeholder has no value.
+    /// Whether some rendering of this template could be `topic` (each placeholder standing for one
+    /// or more characters): how a retained topic kept from an earlier run is recognised as still
+    /// mapped.
+    pub fn could_be(&self, topic: &str) -> bool {
+        fn from(parts: &[Part], rest: &str) -> bool {
+            match parts.split_first() {
+                None => rest.is_empty(),
+                Some((Part::Literal(l), tail)) => rest.strip_prefix(l.as_str()).is_some_and(|r| from(tail, r)),
+                Some((Part::Placeholder(_), tail)) => rest
+                    .char_indices()
+                    .skip(1)
+                    .map(|(i, _)| i)
+                    .chain([rest.len()])
+                    .any(|i| !rest.is_empty() && from(tail, &rest[i..])),
+            }
+        }
+        from(&self.parts, topic)
+    }
+
     pub fn render(&self, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
         let mut out = String::new();
         for p in &self.parts {
@@ -181,6 +200,18 @@ impl TopicMap {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_template_recognises_the_topics_it_could_render() {
+        let t = Template::parse("site/{gateway}/{port}/{field}").unwrap();
+        assert!(t.could_be("site/gw/gps/sats"));
+        assert!(t.could_be("site/gw/gps/a/b"), "a value may hold a slash");
+        assert!(!t.could_be("site/gw/gps/"), "a placeholder is never empty");
+        assert!(!t.could_be("other/gw/gps/sats"));
+        assert!(Template::parse("plain/topic").unwrap().could_be("plain/topic"));
+        assert!(!Template::parse("plain/topic").unwrap().could_be("plain/topic2"));
+        assert!(Template::parse("{port}").unwrap().could_be("x"));
+    }
 
     fn reading() -> Reading {
         Reading {

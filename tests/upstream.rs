@@ -418,6 +418,19 @@ maps:
     let got = late.next_on("r/").await;
     assert_eq!((got.topic.as_str(), got.payload.as_str(), got.retain), ("r/n", "42", true));
     gw.shutdown().await;
+
+    // The map moves to another topic: the old topic's kept value is cleared, not brought back, and
+    // stays gone when the old map returns.
+    let moved = text.replace("topic: \"r/{field}\"", "topic: \"moved/{field}\"");
+    assert_ne!(moved, text);
+    let gw = start(config_from(&moved)).await;
+    let mut late = subscribe(addr(&gw), &[("r/#", QoS::AtLeastOnce)]).await;
+    assert!(late.drain_on("r/", Duration::from_millis(500)).await.is_empty(), "a removed map's value came back");
+    gw.shutdown().await;
+    let gw = start(config_from(&text)).await;
+    let mut late = subscribe(addr(&gw), &[("r/#", QoS::AtLeastOnce)]).await;
+    assert!(late.drain_on("r/", Duration::from_millis(500)).await.is_empty(), "the cleared value was still kept");
+    gw.shutdown().await;
 }
 
 #[tokio::test]
