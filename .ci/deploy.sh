@@ -31,7 +31,7 @@ done
 echo "== packages"
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf host; do
     if [ "$t" = host ]; then args=(); else args=(--target "$t"); fi
-    deb=$(cargo deb --no-build --no-strip "${args[@]}" --output "$work/" | tail -1)
+    deb=$(packaging/deb.sh "${args[@]}" --output "$work" | tail -1)
     echo "$deb"
     dpkg-deb --info "$deb"
     dpkg-deb --contents "$deb"
@@ -45,4 +45,12 @@ for p in usr/bin/ser2mqtt etc/ser2mqtt/ser2mqtt.yaml usr/lib/systemd/system/ser2
 done
 "$root/usr/bin/ser2mqtt" check --config "$root/etc/ser2mqtt/ser2mqtt.yaml"
 dpkg-deb --ctrl-tarfile "$host" | tar -xO ./postinst | grep -q 'adduser --system'
+# Every file is listed in md5sums with its right sum (what `dpkg --verify` checks once installed).
+dpkg-deb --ctrl-tarfile "$host" | tar -xO ./md5sums | (cd "$root" && md5sum --quiet -c -)
+[ -e "$root/usr/share/man/man1/ser2mqtt.1.gz" ] && [ -e "$root/usr/share/doc/ser2mqtt/changelog.Debian.gz" ]
+if command -v lintian >/dev/null; then
+    # Errors and warnings fail the build; the tags we accept are overridden in the package itself
+    # (packaging/lintian/ser2mqtt), each with its reason.
+    lintian --fail-on error,warning "$host"
+fi
 echo "packages ok"

@@ -9,7 +9,16 @@ use crate::config::DEFAULT_PATH;
 use crate::simulate::SensorKind;
 
 #[derive(Debug, Parser)]
-#[command(name = "ser2mqtt", version, about = "Serial sensors to MQTT, with an embedded broker")]
+#[command(
+    name = "ser2mqtt",
+    version,
+    about = "Serial sensors to MQTT, with an embedded broker",
+    after_help = "Exit status of `run`: 0 stopped cleanly; 64 the configuration is invalid or unreadable; \
+69 a listener's address is in use; 73 the state directory or queue cannot be opened; 75 any other failure. \
+`check` exits 0 for a valid file and 64 otherwise.\n\n\
+Files: /etc/ser2mqtt/ser2mqtt.yaml (configuration), /var/lib/ser2mqtt/queue.db (upstream queue and \
+retained readings). Documentation: /usr/share/doc/ser2mqtt/README.md."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -41,6 +50,9 @@ pub enum Command {
     /// Read a password from standard input (first line) and print its argon2 hash for
     /// `broker.users[].password_hash`.
     HashPassword,
+    /// Print this program's manual page (roff), for packaging.
+    #[command(hide = true)]
+    Manpage,
     /// Write a simulated sensor's frames to a serial device or pty.
     Simulate {
         #[arg(long, value_enum)]

@@ -114,6 +114,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Manpage => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("writing the manual page")?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { listen } => {
             ser2mqtt::logging::init(None);
             ser2mqtt::demo::run(listen, shutdown_signal()).await.context("demo failed")?;
