@@ -7,6 +7,7 @@
 //!
 //! Not part of the test run (it takes minutes); run by `bench/soak.sh`. Everything is on 127.0.0.1.
 //! Usage: soak BIN [--secs N] [--ports N] [--hz N] [--qos 1|2] [--seed N] [--commit-interval MS]
+//! (SOAK_KEEP=1 keeps the temp dir with the gateway's log and every arrival.)
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -409,7 +410,14 @@ async fn main() {
         println!("  {l}");
     }
     drop(cloud);
-    drop(tmp);
+    if std::env::var_os("SOAK_KEEP").is_some() {
+        // For a post-mortem: the gateway's log, its queue and every arrival, in order.
+        let arrivals: String = seen.lock().unwrap().iter().map(|(t, n)| format!("{t} {n}\n")).collect();
+        std::fs::write(dir.join("arrivals.txt"), arrivals).unwrap();
+        println!("kept {}", tmp.keep().display());
+    } else {
+        drop(tmp);
+    }
     if !ok {
         std::process::exit(1);
     }

@@ -583,6 +583,9 @@ async fn cloud_restart_with_persistence(qos: u8) {
     wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
     write_range(&mut pty, 1..=40).await;
     cloud.restart_gracefully().await;
+    // The restart really went through the disk (as root, Mosquitto once failed to save and said so
+    // only in its own log).
+    assert!(dir.path().join("mosquitto-state/mosquitto.db").exists(), "Mosquitto saved no sessions");
     write_range(&mut pty, 41..=60).await;
     let mut seen: Vec<u32> =
         sub.drain_on(UP, Duration::from_millis(100)).await.iter().map(|g| g.payload.parse().unwrap()).collect();

@@ -106,7 +106,13 @@ impl Mosquitto {
 
 /// Mosquitto settings that keep sessions and queued messages in `dir` across a graceful restart.
 pub fn persistence(dir: &Path) -> String {
-    format!("persistence true\npersistence_location {}/\n", dir.display())
+    // Started as root, Mosquitto drops to the `mosquitto` user and then cannot write a root-owned
+    // directory: it only logs the failure and restarts empty. A directory anyone may write avoids
+    // that (the temp dir it sits in is the test's own).
+    let state = dir.join("mosquitto-state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    format!("persistence true\npersistence_location {}/\n", state.display())
 }
 
 /// What the proxy does with the link.
