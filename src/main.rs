@@ -37,10 +37,10 @@ fn main() -> ExitCode {
 fn raise_descriptor_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 0 };
-    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-        return hard;
-    }
-    soft
+    let in_force = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() { hard } else { soft };
+    // rlim_t is 32 bits on armv7 and 64 bits on x86_64 and aarch64.
+    #[allow(clippy::useless_conversion)]
+    u64::from(in_force)
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
