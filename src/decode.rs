@@ -11,7 +11,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use regex::bytes::Regex;
 
-use crate::config::raw::{BinaryType, ByteOrder, FieldKind};
+use crate::bytes::ByteOrder;
+use crate::config::raw::{BinaryType, FieldKind};
 
 /// A decoded value.
 #[derive(Debug, Clone, PartialEq)]

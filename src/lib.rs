@@ -12,6 +12,7 @@
 //! people without hardware; `logging` sets up tracing; `advice` turns OS errors on paths into fixes. `main.rs` only parses the command line.
 
 pub mod advice;
+pub mod bytes;
 pub mod cli;
 pub mod config;
 pub mod decode;

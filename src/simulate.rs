@@ -11,7 +11,7 @@ use chrono::{Timelike, Utc};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::serial::checksum::Algorithm;
+use crate::serial::checksum::ChecksumKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SensorKind {
@@ -80,7 +80,7 @@ impl Simulator {
         for w in words {
             f.extend_from_slice(&w.to_be_bytes());
         }
-        let sum = Algorithm::Sum16.compute(&f) as u16;
+        let sum = ChecksumKind::Sum16.compute(&f) as u16;
         f.extend_from_slice(&sum.to_be_bytes());
         f
     }
@@ -91,7 +91,7 @@ impl Simulator {
         let [a, b] = pm25.to_le_bytes();
         let [c, d] = pm10.to_le_bytes();
         let mut f = vec![0xAA, 0xC0, a, b, c, d, 0xA1, 0x60];
-        f.push(Algorithm::Sum8.compute(&f[2..8]) as u8);
+        f.push(ChecksumKind::Sum8.compute(&f[2..8]) as u8);
         f.push(0xAB);
         f
     }
@@ -99,7 +99,7 @@ impl Simulator {
 
 /// `$` + body + `*hh` + CR LF, with the NMEA XOR checksum.
 pub fn nmea_sentence(body: &str) -> Vec<u8> {
-    format!("${body}*{:02X}\r\n", Algorithm::Xor.compute(body.as_bytes())).into_bytes()
+    format!("${body}*{:02X}\r\n", ChecksumKind::Xor.compute(body.as_bytes())).into_bytes()
 }
 
 /// Writes `kind`'s frames to `out` at `rate` frames per second (0 = as fast as the writer takes them),
@@ -144,9 +144,9 @@ mod tests {
         }
         let pms = Simulator::new(SensorKind::Pms5003, 1).next_frame();
         assert_eq!(pms.len(), 32);
-        assert_eq!(Algorithm::Sum16.compute(&pms[..30]), u16::from_be_bytes([pms[30], pms[31]]) as u32);
+        assert_eq!(ChecksumKind::Sum16.compute(&pms[..30]), u16::from_be_bytes([pms[30], pms[31]]) as u32);
         let sds = Simulator::new(SensorKind::Sds011, 1).next_frame();
         assert_eq!((sds.len(), sds[0], sds[9]), (10, 0xAA, 0xAB));
-        assert_eq!(Algorithm::Sum8.compute(&sds[2..8]), sds[8] as u32);
+        assert_eq!(ChecksumKind::Sum8.compute(&sds[2..8]), sds[8] as u32);
     }
 }

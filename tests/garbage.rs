@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use rumqttc::QoS;
-use ser2mqtt::serial::checksum::Algorithm;
+use ser2mqtt::serial::checksum::ChecksumKind;
 use ser2mqtt::simulate::{SensorKind, Simulator};
 
 use crate::support::*;
@@ -74,7 +74,7 @@ maps:
     let frame = |v: u16| {
         let [a, b] = v.to_le_bytes();
         let mut f = vec![0xAA, 0xC0, a, b, 0, 0, 0xA1, 0x60];
-        f.push(Algorithm::Sum8.compute(&f[2..8]) as u8);
+        f.push(ChecksumKind::Sum8.compute(&f[2..8]) as u8);
         f.push(0xAB);
         f
     };
@@ -137,7 +137,7 @@ maps:
 "#;
     let frame = |v: u16| {
         let mut body = v.to_be_bytes().to_vec();
-        let crc = Algorithm::Crc16Modbus.compute(&body) as u16;
+        let crc = ChecksumKind::Crc16Modbus.compute(&body) as u16;
         body.extend(crc.to_le_bytes());
         let mut f = vec![0x7E];
         for b in body {
@@ -166,12 +166,13 @@ maps:
 }
 
 #[tokio::test]
-async fn crc8_crc16_ccitt_crc32_and_xor_checks_accept_good_and_drop_bad_frames() {
+async fn crc8_crc16_ccitt_crc16_xmodem_crc32_and_xor_checks_accept_good_and_drop_bad_frames() {
     for (kind, algo) in [
-        ("crc8", Algorithm::Crc8),
-        ("crc16_ccitt", Algorithm::Crc16Ccitt),
-        ("crc32", Algorithm::Crc32),
-        ("xor", Algorithm::Xor),
+        ("crc8", ChecksumKind::Crc8),
+        ("crc16_ccitt", ChecksumKind::Crc16Ccitt),
+        ("crc16_xmodem", ChecksumKind::Crc16Xmodem),
+        ("crc32", ChecksumKind::Crc32),
+        ("xor", ChecksumKind::Xor),
     ] {
         let yaml = format!(
             r#"

@@ -4,7 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use ser2mqtt::config::raw::{ByteOrder, LengthCounts};
+use ser2mqtt::bytes::ByteOrder;
+use ser2mqtt::serial::framing::LengthCounts;
 use ser2mqtt::serial::framing::{FrameCodec, FrameEvent, FramingSpec};
 use tokio_util::codec::Decoder;
 

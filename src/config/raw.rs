@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::bytes::ByteOrder;
+pub use crate::serial::checksum::ChecksumSettings;
+pub use crate::serial::framing::LengthCounts;
+
 /// The top-level keys, each kept as a raw YAML value so that one bad section does not hide the
 /// problems in the others (every section is deserialized, and reported, on its own).
 pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "log", "broker", "upstream", "ports", "maps"];
@@ -166,7 +170,7 @@ pub struct RawPort {
     pub flow_control: FlowControl,
     pub framing: RawFraming,
     #[serde(default)]
-    pub checksum: Option<RawChecksum>,
+    pub checksum: Option<ChecksumSettings>,
     pub decoder: RawDecoder,
     /// No valid frame for this long marks the port `offline`.
     #[serde(default = "default_silence_timeout", with = "humantime_serde")]
@@ -219,14 +223,6 @@ pub enum FlowControl {
     None,
     Software,
     Hardware,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ByteOrder {
-    #[default]
-    Big,
-    Little,
 }
 
 /// Bytes written in YAML either as a list of numbers (`[0x42, 0x4D]`) or a hex string (`"42 4D"`).
@@ -291,64 +287,6 @@ fn default_delimiter() -> String {
 fn default_max_line() -> usize {
     // Longer than any sensor line we know (NMEA is 82), short enough that garbage cannot grow memory.
     512
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LengthCounts {
-    #[default]
-    Rest,
-    Frame,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ChecksumKind {
-    None,
-    /// NMEA 0183: XOR of the bytes between `$` and `*`, as two hex digits after `*`.
-    Nmea,
-    Xor,
-    Sum8,
-    Sum16,
-    Crc8,
-    Crc16Modbus,
-    Crc16Ccitt,
-    Crc32,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ChecksumEncoding {
-    /// The checksum is raw bytes in the frame.
-    #[default]
-    Binary,
-    /// The checksum is written as uppercase or lowercase hex digits.
-    Hex,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawChecksum {
-    #[serde(rename = "type")]
-    pub kind: ChecksumKind,
-    /// First byte covered; negative counts from the end of the frame.
-    #[serde(default)]
-    pub start: i64,
-    /// One past the last byte covered; negative counts from the end. Default: up to the checksum.
-    pub end: Option<i64>,
-    /// Where the checksum sits; negative counts from the end. Default: the last bytes of the frame.
-    pub at: Option<i64>,
-    #[serde(default)]
-    pub byte_order: ByteOrder,
-    #[serde(default)]
-    pub encoding: ChecksumEncoding,
-    /// For `nmea`: when false, a sentence without `*hh` is accepted unchecked.
-    #[serde(default = "default_true")]
-    pub required: bool,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -19,7 +19,6 @@ use super::{
 use crate::decode::{binary_width, BinaryField, FrameDecoder};
 use crate::local_broker::acl::Subject;
 use crate::local_broker::front::FrontLimits;
-use crate::serial::checksum::{Algorithm, Checksum};
 use crate::serial::framing::FramingSpec;
 use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
 
@@ -501,7 +500,7 @@ fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> O
         p.add(path, "`silence_timeout` and `reopen_backoff_max` must be longer than 0s");
     }
     let framing = resolve_framing(&raw.framing, &format!("{path}.framing"), p);
-    let checksum = raw.checksum.as_ref().and_then(|c| resolve_checksum(c, &format!("{path}.checksum"), p));
+    let checksum = raw.checksum.as_ref().and_then(|c| c.resolve());
     let decoder = resolve_decoder(&raw.decoder, &format!("{path}.decoder"), framing.as_ref(), p);
     let availability_topic = render_fixed(
         &raw.availability_topic,
@@ -602,21 +601,6 @@ fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<Fra
         }
     };
     (p.count() == start).then_some(spec)
-}
-
-fn resolve_checksum(raw: &RawChecksum, _path: &str, _p: &mut Problems) -> Option<Checksum> {
-    match raw.kind {
-        ChecksumKind::None => None,
-        ChecksumKind::Nmea => Some(Checksum::Nmea { required: raw.required }),
-        kind => Some(Checksum::Generic {
-            algorithm: Algorithm::from_kind(kind)?,
-            start: raw.start,
-            end: raw.end,
-            at: raw.at,
-            byte_order: raw.byte_order,
-            encoding: raw.encoding,
-        }),
-    }
 }
 
 fn resolve_decoder(

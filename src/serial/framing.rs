@@ -9,8 +9,19 @@ use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 use tokio_util::codec::Decoder;
 
-use super::checksum::{read_uint, Checksum, ChecksumError};
-use crate::config::raw::{ByteOrder, LengthCounts};
+use serde::Deserialize;
+
+use super::checksum::{Checksum, ChecksumError};
+use crate::bytes::{read_uint, ByteOrder};
+
+/// What a length prefix counts: the bytes after the length field, or the whole frame.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LengthCounts {
+    #[default]
+    Rest,
+    Frame,
+}
 
 /// How frames are delimited, resolved from the config.
 #[derive(Debug, Clone, PartialEq)]

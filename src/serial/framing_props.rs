@@ -6,8 +6,9 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
+use super::LengthCounts;
 use super::{FrameCodec, FrameEvent, FramingSpec};
-use crate::config::raw::{ByteOrder, LengthCounts};
+use crate::bytes::ByteOrder;
 
 /// What a reader makes of the events: frames in order, garbled-frame count, dropped bytes.
 #[derive(Debug, PartialEq)]
