@@ -12,6 +12,8 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 fi
 cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install --locked cargo-fuzz --version '^0.13'
 cargo +nightly fuzz build -O
+# The logs' directory (the build itself goes to $CARGO_TARGET_DIR when that is set).
+mkdir -p fuzz/target
 for target in $(cargo +nightly fuzz list); do
     echo "== fuzz $target (${secs}s)"
     # A crash fails the run and leaves its input under fuzz/artifacts/<target>/.

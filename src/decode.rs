@@ -10,9 +10,37 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use regex::bytes::Regex;
+use serde::Deserialize;
 
 use crate::bytes::ByteOrder;
-use crate::config::raw::{BinaryType, FieldKind};
+
+/// What a text field's value becomes (`types:` of the regex, CSV and key=value decoders).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldKind {
+    /// A number if it parses as one, `true`/`false` as a bool, otherwise a string.
+    #[default]
+    Auto,
+    Number,
+    String,
+    Bool,
+}
+
+/// A binary field's wire type.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BinaryType {
+    U8,
+    U16,
+    U32,
+    U64,
+    I8,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+}
 
 /// A decoded value.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,9 +9,30 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::SecondsFormat;
+use serde::Deserialize;
 
-use crate::config::raw::{PayloadFormat, PublishUnit};
 use crate::decode::{Reading, Value};
+
+/// A map's `publish:`: one message per field or one per frame.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishUnit {
+    /// One message per field.
+    #[default]
+    PerField,
+    /// One message per frame carrying all selected fields.
+    PerFrame,
+}
+
+/// A map's `payload:`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// The value as text: `21.5`, `true`, `A`.
+    Plain,
+    /// `{"value":…}` or the fields, plus `"time"` (RFC 3339, ms) and `"ts"` (unix ms).
+    Json,
+}
 
 /// Placeholders every template may use whatever the decoder.
 pub const BUILTIN_PLACEHOLDERS: &[&str] = &["gateway", "port"];

@@ -11,8 +11,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::bytes::ByteOrder;
+pub use crate::decode::{BinaryType, FieldKind};
 pub use crate::serial::checksum::ChecksumSettings;
 pub use crate::serial::framing::LengthCounts;
+pub use crate::serial::port::{FlowControl, Parity};
+pub use crate::topic_map::{PayloadFormat, PublishUnit};
 
 /// The top-level keys, each kept as a raw YAML value so that one bad section does not hide the
 /// problems in the others (every section is deserialized, and reported, on its own).
@@ -207,24 +210,6 @@ fn default_reopen_max() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Parity {
-    #[default]
-    None,
-    Odd,
-    Even,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FlowControl {
-    #[default]
-    None,
-    Software,
-    Hardware,
-}
-
 /// Bytes written in YAML either as a list of numbers (`[0x42, 0x4D]`) or a hex string (`"42 4D"`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -289,17 +274,6 @@ fn default_max_line() -> usize {
     512
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FieldKind {
-    /// A number if it parses as one, `true`/`false` as a bool, otherwise a string.
-    #[default]
-    Auto,
-    Number,
-    String,
-    Bool,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawDecoder {
@@ -338,21 +312,6 @@ fn default_separator() -> char {
 }
 fn default_kv_separator() -> char {
     '='
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum BinaryType {
-    U8,
-    U16,
-    U32,
-    U64,
-    I8,
-    I16,
-    I32,
-    I64,
-    F32,
-    F64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -411,23 +370,4 @@ pub struct RawWhen {
     pub equals: Option<String>,
     #[serde(default, rename = "in")]
     pub one_of: Option<Vec<String>>,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum PublishUnit {
-    /// One message per field.
-    #[default]
-    PerField,
-    /// One message per frame carrying all selected fields.
-    PerFrame,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum PayloadFormat {
-    /// The value as text: `21.5`, `true`, `A`.
-    Plain,
-    /// `{"value":…}` or the fields, plus `"time"` (RFC 3339, ms) and `"ts"` (unix ms).
-    Json,
 }

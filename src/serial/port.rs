@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio_serial::SerialPortBuilderExt;
@@ -20,9 +20,28 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::framing::{FrameCodec, FrameEvent};
-use crate::config::raw::{FlowControl, Parity};
 use crate::config::PortSettings;
 use crate::decode::Reading;
+
+/// A port's `parity:`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    #[default]
+    None,
+    Odd,
+    Even,
+}
+
+/// A port's `flow_control:` (software: XON/XOFF; hardware: RTS/CTS).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowControl {
+    #[default]
+    None,
+    Software,
+    Hardware,
+}
 
 /// What a port task sends to the publisher.
 #[derive(Debug)]
