@@ -13,19 +13,15 @@ pub mod summary;
 pub mod upstream;
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::local_broker::settings::{AclRule, BrokerSettings, ListenerSettings, Secret, DEFAULT_LISTENER};
+pub use crate::serial::port::PortSettings;
 pub use locate::Location;
 use locate::LocationIndex;
-use raw::{FlowControl, Parity};
 
-use crate::decode::FrameDecoder;
-use crate::serial::checksum::Checksum;
-use crate::serial::framing::FramingSpec;
 use crate::topic_map::TopicMap;
 
 /// One line for a status text: the first problem a load reported (`file:line:col: key: what`), or
@@ -70,85 +66,6 @@ pub struct GatewaySettings {
     pub channel_capacity: NonZeroUsize,
     pub stats_interval: Duration,
     pub state_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListenerSettings {
-    pub addr: SocketAddr,
-    pub allow_anonymous: bool,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct AclRule {
-    pub subject: crate::local_broker::acl::Subject,
-    /// Index into `BrokerSettings::listeners` the rule is limited to.
-    pub listener: Option<usize>,
-    pub deny: bool,
-    pub subscribe: Vec<String>,
-    pub publish: Vec<String>,
-}
-
-/// How a user's password is checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Secret {
-    /// An argon2 PHC string (`$argon2id$v=19$…`), verified with the argon2 crate.
-    Hash(String),
-    Plain(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BrokerSettings {
-    pub listeners: Vec<ListenerSettings>,
-    pub users: Vec<(String, Secret)>,
-    pub acl: Vec<AclRule>,
-    pub max_queue_len: NonZeroUsize,
-    pub max_sessions: NonZeroUsize,
-    /// Per-listener connection limits, enforced in front of the engine.
-    pub front: crate::local_broker::front::FrontLimits,
-    /// Bounds of the retained store: topics, and payload bytes in total.
-    pub max_retained: NonZeroUsize,
-    pub max_retained_bytes: usize,
-}
-
-/// The broker's listener when the config names none: loopback only, as Mosquitto 2 does.
-pub const DEFAULT_LISTENER: &str = "127.0.0.1:1883";
-
-impl BrokerSettings {
-    /// Loopback only, anonymous allowed (nothing off the machine can reach it).
-    pub fn local_only(addr: SocketAddr) -> BrokerSettings {
-        BrokerSettings {
-            listeners: vec![ListenerSettings { addr, allow_anonymous: true }],
-            users: Vec::new(),
-            acl: Vec::new(),
-            max_queue_len: resolve::DEFAULT_MAX_QUEUE_LEN,
-            max_sessions: resolve::DEFAULT_MAX_SESSIONS,
-            front: resolve::default_front_limits(),
-            max_retained: resolve::DEFAULT_MAX_QUEUE_LEN,
-            max_retained_bytes: resolve::DEFAULT_MAX_RETAINED_BYTES,
-        }
-    }
-}
-
-/// One serial port, resolved.
-#[derive(Debug, Clone)]
-pub struct PortSettings {
-    pub name: Arc<str>,
-    pub device: PathBuf,
-    pub baud_rate: u32,
-    pub data_bits: u8,
-    pub parity: Parity,
-    pub stop_bits: u8,
-    pub flow_control: FlowControl,
-    pub framing: FramingSpec,
-    pub checksum: Option<Checksum>,
-    pub decoder: Arc<FrameDecoder>,
-    pub silence_timeout: Duration,
-    /// Rendered: `{gateway}` and `{port}` filled in.
-    pub availability_topic: String,
-    pub skip_first_frames: u32,
-    pub reopen_backoff_max: Duration,
-    /// Identifies the port's configuration as written; a reload restarts the port only if it changed.
-    pub fingerprint: String,
 }
 
 /// One problem in a configuration file.

@@ -5,7 +5,6 @@ use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -19,33 +18,11 @@ use super::{
 use crate::decode::{binary_width, BinaryField, FrameDecoder};
 use crate::local_broker::acl::Subject;
 use crate::local_broker::front::FrontLimits;
+use crate::local_broker::settings::{
+    default_front_limits, DEFAULT_MAX_QUEUE_LEN, DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_SESSIONS,
+};
 use crate::serial::framing::FramingSpec;
 use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
-
-// Safe for a Pi-class board; both are per-broker limits in the rmqtt engine.
-/// rmqtt caps how many retained messages reach one subscription at queue + inflight; 4096 leaves room
-/// for a few thousand retained sensor topics.
-pub(super) const DEFAULT_MAX_QUEUE_LEN: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
-/// Sessions on a LAN gateway: dashboards, loggers, a few phones. Bounds memory if a client misbehaves.
-pub(super) const DEFAULT_MAX_SESSIONS: NonZeroUsize = NonZeroUsize::new(256).unwrap();
-/// 16 MiB of last values: 4,096 topics (the default count, `max_queue_len`) of 4 KiB each, a small
-/// share of a 512 MiB board.
-pub(super) const DEFAULT_MAX_RETAINED_BYTES: usize = 16 * 1024 * 1024;
-
-/// The front door's defaults. 256 connections per listener matches `max_sessions`; each takes three
-/// descriptors (client, splice, engine side), well inside the unit's `LimitNOFILE`. A scanner's
-/// silent socket is gone after 10 s (Mosquitto and EMQX allow about as long for a CONNECT). 1 MiB
-/// packets are the engine's own default. 256 KiB waiting per client is ~100 readings of a chatty
-/// sensor; all 256 clients stalled at once then hold at most ~128 MiB (twice the buffer each: one
-/// batch being written, one queued), and a single stalled one ~0.5 MiB.
-pub(crate) fn default_front_limits() -> FrontLimits {
-    FrontLimits {
-        max_connections: 256,
-        connect_timeout: Duration::from_secs(10),
-        max_packet_size: 1024 * 1024,
-        max_client_buffer: 256 * 1024,
-    }
-}
 
 pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
     let doc: Value = match serde_yaml::from_str(text) {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::types::AuthResult;
 
-use crate::config::Secret;
+use super::settings::Secret;
 
 /// Any priority works (no other authentication hook is registered); the value only orders it first.
 pub(super) const PRIORITY: u32 = 100;

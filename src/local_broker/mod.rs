@@ -17,6 +17,7 @@ pub mod acl;
 mod auth;
 pub mod front;
 mod retained;
+pub mod settings;
 mod shared;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -37,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 mod tap;
 pub use auth::{check_hash, hash_password};
 
-use crate::config::{AclRule, BrokerSettings, Secret};
 use crate::topic_map::OutMessage;
+use settings::{AclRule, BrokerSettings, Secret};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

@@ -7,6 +7,7 @@
 //! reading that was framed and decoded is never dropped inside the gateway; `publisher_waits` counts
 //! how often a reader had to wait.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +20,33 @@ use tokio_serial::SerialPortBuilderExt;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use super::checksum::Checksum;
+use super::framing::FramingSpec;
 use super::framing::{FrameCodec, FrameEvent};
-use crate::config::PortSettings;
+use crate::decode::FrameDecoder;
 use crate::decode::Reading;
+
+/// One serial port, resolved.
+#[derive(Debug, Clone)]
+pub struct PortSettings {
+    pub name: Arc<str>,
+    pub device: PathBuf,
+    pub baud_rate: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+    pub flow_control: FlowControl,
+    pub framing: FramingSpec,
+    pub checksum: Option<Checksum>,
+    pub decoder: Arc<FrameDecoder>,
+    pub silence_timeout: Duration,
+    /// Rendered: `{gateway}` and `{port}` filled in.
+    pub availability_topic: String,
+    pub skip_first_frames: u32,
+    pub reopen_backoff_max: Duration,
+    /// Identifies the port's configuration as written; a reload restarts the port only if it changed.
+    pub fingerprint: String,
+}
 
 /// A port's `parity:`.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
