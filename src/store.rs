@@ -22,10 +22,45 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::upstream::{QueueSettings, SyncMode, WhenFull};
 use crate::upstream::outbox::{Stage, StageChange};
+
+/// The queue's settings (`upstream.queue:` resolved).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub when_full: WhenFull,
+    pub commit_interval: Duration,
+    pub sync: SyncMode,
+    pub replay_rate: u32,
+    pub inflight: u16,
+}
+
+/// `queue.when_full:`: what a full queue does with a new reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Make room by deleting the oldest queued readings.
+    #[default]
+    DropOldest,
+    /// Keep the backlog; refuse new readings until there is room.
+    RejectNewest,
+}
+
+/// `queue.sync:`: whether each commit is fsynced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// fsync at every commit: a power cut loses at most one commit interval.
+    #[default]
+    Full,
+    /// Leave flushing to the OS (SQLite `synchronous=NORMAL`): a crash of the gateway loses nothing
+    /// committed, a power cut may lose everything since the last WAL checkpoint.
+    Normal,
+}
 
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 

@@ -16,7 +16,7 @@ use super::{
     Secret, DEFAULT_LISTENER,
 };
 use crate::decode::{binary_width, BinaryField, FrameDecoder};
-use crate::local_broker::acl::Subject;
+use crate::local_broker::acl::{check_filter, Subject};
 use crate::local_broker::front::FrontLimits;
 use crate::local_broker::settings::{
     default_front_limits, DEFAULT_MAX_QUEUE_LEN, DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_SESSIONS,
@@ -419,21 +419,6 @@ fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<BrokerSettings> {
         max_retained,
         max_retained_bytes,
     })
-}
-
-/// MQTT topic filter rules: non-empty, `#` only as the whole last level, `+` only as a whole level.
-pub(super) fn check_filter(f: &str) -> Result<(), String> {
-    let levels: Vec<&str> = f.split('/').collect();
-    let bad = f.is_empty()
-        || levels
-            .iter()
-            .enumerate()
-            .any(|(i, l)| (l.contains('#') && (*l != "#" || i + 1 != levels.len())) || (l.contains('+') && *l != "+"));
-    if bad {
-        Err(format!("`{f}` is not a topic filter (`+` stands for one whole level, `#` only as the last level)"))
-    } else {
-        Ok(())
-    }
 }
 
 fn bytes(raw: &RawBytes, path: &str, p: &mut Problems) -> Vec<u8> {

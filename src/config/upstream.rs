@@ -10,6 +10,9 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use super::Problems;
+use crate::local_broker::acl::check_filter;
+pub use crate::store::{QueueSettings, SyncMode, WhenFull};
+pub use crate::upstream::settings::{DownlinkRule, ForwardRule, RetainPolicy, UpstreamSettings};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,16 +105,6 @@ pub struct RawForward {
     pub from_clients: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RetainPolicy {
-    /// As the local message had it.
-    #[default]
-    Keep,
-    Always,
-    Never,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDownlink {
@@ -163,27 +156,6 @@ impl Default for RawQueue {
             inflight: default_inflight(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WhenFull {
-    /// Make room by deleting the oldest queued readings.
-    #[default]
-    DropOldest,
-    /// Keep the backlog; refuse new readings until there is room.
-    RejectNewest,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncMode {
-    /// fsync at every commit: a power cut loses at most one commit interval.
-    #[default]
-    Full,
-    /// Leave flushing to the OS (SQLite `synchronous=NORMAL`): a crash of the gateway loses nothing
-    /// committed, a power cut may lose everything since the last WAL checkpoint.
-    Normal,
 }
 
 fn yes() -> bool {
@@ -240,68 +212,6 @@ fn default_inflight() -> u16 {
     100
 }
 
-/// The validated `upstream:` section.
-#[derive(Debug, Clone)]
-pub struct UpstreamSettings {
-    pub host: String,
-    pub port: u16,
-    pub client_id: String,
-    pub keepalive: Duration,
-    pub connect_timeout: Duration,
-    pub credentials: Option<(String, String)>,
-    /// None: plain TCP (written out as `tls: {enabled: false}`).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    pub status_topic: String,
-    pub forward: Vec<ForwardRule>,
-    pub downlink: Vec<DownlinkRule>,
-    pub queue: QueueSettings,
-    /// The section as written; equal fingerprints mean a reload leaves the bridge alone.
-    pub fingerprint: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardRule {
-    pub filter: String,
-    pub prefix: String,
-    pub qos: u8,
-    pub retain: RetainPolicy,
-    pub from_clients: bool,
-}
-
-impl UpstreamSettings {
-    /// The upstream topic, QoS and retain flag for a local message, if a rule takes it.
-    pub fn route(&self, topic: &str, retain: bool) -> Option<(String, u8, bool)> {
-        let rule = self.forward.iter().find(|r| rumqttc::matches(topic, &r.filter))?;
-        let retain = match rule.retain {
-            RetainPolicy::Keep => retain,
-            RetainPolicy::Always => true,
-            RetainPolicy::Never => false,
-        };
-        Some((format!("{}{topic}", rule.prefix), rule.qos, retain))
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DownlinkRule {
-    pub filter: String,
-    pub strip_prefix: String,
-    pub qos: u8,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueueSettings {
-    pub path: PathBuf,
-    pub max_bytes: u64,
-    pub max_age: Duration,
-    pub when_full: WhenFull,
-    pub commit_interval: Duration,
-    pub sync: SyncMode,
-    pub replay_rate: u32,
-    pub inflight: u16,
-}
-
 /// The state directory when the config names none: systemd's `StateDirectory=`, else the FHS place.
 pub fn default_state_dir() -> PathBuf {
     std::env::var_os("STATE_DIRECTORY")
@@ -351,7 +261,7 @@ pub(super) fn resolve_upstream(
     let mut forward = Vec::new();
     for (i, r) in raw.forward.iter().enumerate() {
         let path = format!("upstream.forward[{i}]");
-        if let Err(e) = super::resolve::check_filter(&r.filter) {
+        if let Err(e) = check_filter(&r.filter) {
             p.add(&format!("{path}.filter"), e);
         }
         let prefix = fill(&r.prefix);
@@ -373,7 +283,7 @@ pub(super) fn resolve_upstream(
     for (i, r) in raw.downlink.iter().enumerate() {
         let path = format!("upstream.downlink[{i}]");
         let filter = fill(&r.filter);
-        if let Err(e) = super::resolve::check_filter(&filter) {
+        if let Err(e) = check_filter(&filter) {
             p.add(&format!("{path}.filter"), e);
         }
         if r.qos > 2 {

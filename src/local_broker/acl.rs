@@ -187,6 +187,21 @@ impl Handler for AclHook {
     }
 }
 
+/// MQTT topic filter rules: non-empty, `#` only as the whole last level, `+` only as a whole level.
+pub fn check_filter(f: &str) -> Result<(), String> {
+    let levels: Vec<&str> = f.split('/').collect();
+    let bad = f.is_empty()
+        || levels
+            .iter()
+            .enumerate()
+            .any(|(i, l)| (l.contains('#') && (*l != "#" || i + 1 != levels.len())) || (l.contains('+') && *l != "+"));
+    if bad {
+        Err(format!("`{f}` is not a topic filter (`+` stands for one whole level, `#` only as the last level)"))
+    } else {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::upstream::UpstreamSettings;
+use super::settings::UpstreamSettings;
 use crate::local_broker::LocalBroker;
 use crate::store::{now_ms, Record, Store, StoreError};
 use crate::topic_map::OutMessage;

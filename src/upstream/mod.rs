@@ -9,6 +9,7 @@
 
 pub mod link;
 pub mod outbox;
+pub mod settings;
 pub mod writer;
 
 use std::sync::Arc;
@@ -18,9 +19,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::upstream::UpstreamSettings;
 use crate::local_broker::LocalBroker;
 use crate::store::{QueueStatus, Store};
+use settings::UpstreamSettings;
 
 pub use writer::{start_writer, Acceptor};
 

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use super::outbox::{Outbox, Send};
 use std::path::Path;
 
-use crate::config::upstream::{QueueSettings, SyncMode, WhenFull};
 use crate::store::{now_ms, Record, Store};
+use crate::store::{QueueSettings, SyncMode, WhenFull};
 
 /// Topics and their QoS, as a map fixes it (t0 is QoS 0, t1 QoS 1, t2 and t3 QoS 2).
 const TOPICS: [(&str, u8); 4] = [("t0", 0), ("t1", 1), ("t2", 2), ("t3", 2)];

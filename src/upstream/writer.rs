@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::upstream::UpstreamSettings;
+use super::settings::UpstreamSettings;
 use crate::store::{now_ms, Record, Store};
 use crate::topic_map::OutMessage;
 use crate::upstream::outbox::StageChange;
