@@ -62,7 +62,7 @@ async fn main() {
     if let Some(rate) = rate {
         let broker =
             Arc::new(LocalBroker::start(&BrokerSettings::local_only("127.0.0.1:0".parse().unwrap())).await.unwrap());
-        let bridge = Bridge::start(up.clone(), store.clone(), acceptor.clone(), committed, broker);
+        let bridge = Bridge::start(up.clone(), store.clone(), acceptor.clone(), committed, broker, Default::default());
         let mut st = bridge.status.clone();
         while !st.borrow_and_update().connected {
             st.changed().await.unwrap();
@@ -103,7 +103,8 @@ async fn main() {
     let broker =
         Arc::new(LocalBroker::start(&BrokerSettings::local_only("127.0.0.1:0".parse().unwrap())).await.unwrap());
     let t = Instant::now();
-    let bridge = Bridge::start(up as Arc<UpstreamSettings>, store.clone(), bridge_writer, committed, broker);
+    let bridge =
+        Bridge::start(up as Arc<UpstreamSettings>, store.clone(), bridge_writer, committed, broker, Default::default());
     // The bridge deletes acknowledged messages in batches every 50 ms; poll the store at that pace.
     while store.status().depth > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;

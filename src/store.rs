@@ -13,7 +13,8 @@
 //!
 //! The lifetime counters are written in the same transaction as the rows they count.
 //!
-//! All methods block (SQLite is synchronous); async callers use `spawn_blocking`.
+//! All methods but `status` block (SQLite is synchronous); async callers use `spawn_blocking`.
+//! `status` reads a snapshot the writing thread publishes after each change.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -208,11 +209,22 @@ struct Inner {
     unsaved: bool,
 }
 
+/// What `status()` reports, as of the last change: published by whoever changed it, while still
+/// holding the lock, so readers on the runtime never wait for a commit or run a query.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    depth: u64,
+    bytes: u64,
+    oldest_ms: Option<i64>,
+    counters: Counters,
+}
+
 /// The open store.
 pub struct Store {
     path: PathBuf,
     limits: Option<QueueSettings>,
     inner: Mutex<Inner>,
+    figures: tokio::sync::watch::Sender<Figures>,
 }
 
 pub fn now_ms() -> i64 {
@@ -283,8 +295,10 @@ impl Store {
         }
         let (depth, bytes, counters) = load_figures(&conn).map_err(err)?;
         let last: i64 = conn.query_row("SELECT COALESCE(MAX(id), 0) FROM queue", [], |r| r.get(0)).map_err(err)?;
+        let oldest_ms = oldest_ms(&conn).map_err(err)?;
         let inner = Inner { conn, depth, bytes, counters, next_id: last + 1, unsaved: false };
-        Ok(Store { path: path.into(), limits, inner: Mutex::new(inner) })
+        let (figures, _) = tokio::sync::watch::channel(Figures { depth, bytes, oldest_ms, counters });
+        Ok(Store { path: path.into(), limits, inner: Mutex::new(inner), figures })
     }
 
     /// Reads the status of a store another process may be writing (for `ser2mqtt queue status`).
@@ -310,6 +324,19 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Publishes the figures after a change (called with the lock held, so they are never older
+    /// than a change another thread has already seen).
+    fn publish(&self, inner: &Inner) {
+        // The oldest row is one primary-key lookup; if it fails, the previous value stays.
+        let oldest_ms = oldest_ms(&inner.conn).unwrap_or(self.figures.borrow().oldest_ms);
+        self.figures.send_replace(Figures {
+            depth: inner.depth,
+            bytes: inner.bytes,
+            oldest_ms,
+            counters: inner.counters,
+        });
+    }
+
     /// Writes `queued` (bound upstream) and `retained` (last value per local topic) in one
     /// transaction, applying the queue's age and size bounds first.
     /// `acked` are ids the cloud broker acknowledged, deleted in the same transaction (one commit,
@@ -330,6 +357,7 @@ impl Store {
         if result.is_err() {
             (inner.depth, inner.bytes) = figures;
         }
+        self.publish(inner);
         result
     }
 
@@ -541,6 +569,7 @@ impl Store {
             save_counters(&tx, &counters).map_err(|e| self.err(e))?;
             tx.commit().map_err(|e| self.err(e))?;
             inner.counters = counters;
+            self.publish(inner);
         }
         Ok(out)
     }
@@ -551,6 +580,7 @@ impl Store {
         let mut g = self.lock();
         g.counters.bump("not_queued", n);
         g.unsaved = true;
+        self.publish(&g);
     }
 
     /// Gives the write-ahead log's space back to the filesystem (it otherwise keeps its largest size,
@@ -622,10 +652,10 @@ impl Store {
         Ok(rows.flatten().filter(|(r, crc)| r.crc() as i64 == *crc).map(|(r, _)| r).collect())
     }
 
+    /// The figures as of the last change: no lock, no query, so async code may call it.
     pub fn status(&self) -> QueueStatus {
-        let g = self.lock();
-        let oldest = oldest_ms(&g.conn).ok().flatten();
-        status_from(g.depth, g.bytes, oldest, &g.counters)
+        let f = *self.figures.borrow();
+        status_from(f.depth, f.bytes, f.oldest_ms, &f.counters)
     }
 }
 

@@ -50,13 +50,15 @@ pub struct Bridge {
 
 impl Bridge {
     /// `writer` is where acknowledgements go to be deleted (in the writer's next commit);
-    /// `committed` is notified by the writer after each commit.
+    /// `committed` is notified by the writer after each commit; `cancel` (a child of the gateway's
+    /// token) stops it as `stop` does.
     pub fn start(
         settings: Arc<UpstreamSettings>,
         store: Arc<Store>,
         writer: Acceptor,
         committed: Arc<Notify>,
         broker: Arc<LocalBroker>,
+        cancel: CancellationToken,
     ) -> Bridge {
         let initial = BridgeStatus {
             broker: format!("{}:{}", settings.host, settings.port),
@@ -64,7 +66,6 @@ impl Bridge {
             ..Default::default()
         };
         let (status_tx, status) = watch::channel(initial);
-        let cancel = CancellationToken::new();
         let link = link::Link { settings, store, writer, committed, broker, status: status_tx, cancel: cancel.clone() };
         let task = tokio::spawn(link.run());
         Bridge { status, task, cancel }

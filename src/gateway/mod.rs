@@ -1,29 +1,39 @@
 //! The task tree: the embedded broker, one task per serial port, the publisher that applies topic
-//! maps, and the stats reporter; started together, reconfigured in place, stopped in order under one
-//! grace timeout.
+//! maps, the durable side (store writer, client tap, bridge) and the status reporters; started
+//! together, reconfigured in place, stopped in order under one grace timeout.
 //!
-//! Shutdown order: cancel the port readers (each reports its port `offline`), let the publisher drain
-//! what they sent, publish the gateway `offline`, then stop the broker. A reload replaces only the ports
-//! whose configuration changed, and swaps the topic maps between two readings; the broker keeps running.
+//! Every task runs on a child of the gateway's token: cancelling it stops them all, even if the
+//! ordered shutdown below is cut short. Shutdown order: cancel the port readers (each reports its
+//! port `offline`), let the publisher drain what they sent, stop the durable side (tap drained,
+//! bridge `offline` upstream, last commit), publish the gateway `offline`, cancel the reporters
+//! (tracked in one `TaskTracker`), then close the broker. A reload replaces only the ports whose
+//! configuration changed, and swaps the topic maps between two readings; the broker keeps running.
+
+mod durable;
+mod publish;
+mod report;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, PortSettings};
 use crate::local_broker::{BrokerError, LocalBroker};
 use crate::serial::port::PortEvent;
 use crate::serial::{run_port, PortStats};
-use crate::store::{Store, StoreError};
-use crate::topic_map::{OutMessage, TopicMap};
-use crate::upstream::{start_writer, Acceptor, Bridge, BridgeStatus};
+use crate::store::StoreError;
+use crate::topic_map::TopicMap;
+use crate::upstream::BridgeStatus;
+use durable::{open_durable, Durable};
+use publish::{publish_loop, status, PUBLISHER_HEARTBEAT};
 
 /// Everything still running after this long in shutdown is abandoned (systemd's stop timeout is 90 s;
 /// a gateway that needs more than a few seconds to flush is stuck, not busy).
@@ -32,9 +42,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Time for sessions to send out `offline` before the broker stops; loopback and LAN clients need
 /// milliseconds, and this sits inside `SHUTDOWN_GRACE`.
 const FINAL_FLUSH: Duration = Duration::from_millis(300);
-
-/// How often an idle publisher still reports progress, so "no progress" means stuck, not quiet.
-const PUBLISHER_HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// How long a port may take to be tried once (opened or failed) before the gateway calls itself ready.
 const FIRST_OPEN_WAIT: Duration = Duration::from_secs(5);
@@ -70,7 +77,10 @@ pub struct ReloadReport {
 pub struct Gateway {
     config: Config,
     broker: Arc<LocalBroker>,
+    /// The root of the task tree.
     cancel: CancellationToken,
+    /// The reporters, which need no ordered stop.
+    reporters: TaskTracker,
     ports: HashMap<Arc<str>, RunningPort>,
     tx: mpsc::Sender<PortEvent>,
     maps: watch::Sender<Arc<Vec<TopicMap>>>,
@@ -82,16 +92,6 @@ pub struct Gateway {
     durable: Option<Durable>,
 }
 
-/// The store, its group-commit writer and the upstream bridge, when configured.
-struct Durable {
-    store: Arc<Store>,
-    acceptor: Acceptor,
-    writer: JoinHandle<()>,
-    bridge: Option<Bridge>,
-    /// Feeds client publishes (forward rules with `from_clients`) to the acceptor.
-    tap: Option<JoinHandle<()>>,
-}
-
 impl Gateway {
     /// Starts the broker (failing if a listener cannot bind), then the ports and the publisher.
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
@@ -100,12 +100,12 @@ impl Gateway {
             tracing::info!(%addr, "MQTT broker listening");
         }
         broker.publish(&status(&config, true)).await?;
+        let cancel = CancellationToken::new();
         let durable = match config.store_path() {
-            Some(path) => Some(open_durable(&config, path, &broker).await?),
+            Some(path) => Some(open_durable(&config, path, &broker, &cancel).await?),
             None => None,
         };
 
-        let cancel = CancellationToken::new();
         let (tx, rx) = mpsc::channel(config.gateway.channel_capacity.get());
         let (maps, maps_rx) = watch::channel(Arc::new(config.maps.clone()));
         let epoch = Instant::now();
@@ -119,18 +119,22 @@ impl Gateway {
             epoch,
             durable.as_ref().map(|d| d.acceptor.clone()),
         ));
+        let reporters = TaskTracker::new();
+        let every = config.gateway.stats_interval;
         if let Some(bridge) = durable.as_ref().and_then(|d| d.bridge.as_ref()) {
             let topic = format!("{}/bridge", config.gateway.status_topic);
-            tokio::spawn(report_bridge(broker.clone(), topic, bridge.status.clone(), config.gateway.stats_interval));
+            let status = bridge.status.clone();
+            reporters.spawn(report::report_bridge(broker.clone(), topic, status, every, cancel.child_token()));
         }
         let (stats_list, stats_rx) = watch::channel(Vec::new());
-        let (b, topic, every, c) =
-            (broker.clone(), config.gateway.status_topic.clone(), config.gateway.stats_interval, cancel.clone());
-        tokio::spawn(async move { report_stats(b, topic, every, stats_rx, c).await });
+        let topic = config.gateway.status_topic.clone();
+        reporters.spawn(report::report_stats(broker.clone(), topic, every, stats_rx, cancel.child_token()));
+        reporters.close();
         let mut gw = Gateway {
             config: config.clone(),
             broker,
             cancel,
+            reporters,
             ports: HashMap::new(),
             tx,
             maps,
@@ -274,28 +278,22 @@ impl Gateway {
         report
     }
 
-    /// Stops in order (ports, publisher drain, `offline`, broker) within `SHUTDOWN_GRACE`.
+    /// Stops in order (ports, publisher drain, durable side, `offline`, reporters) within
+    /// `SHUTDOWN_GRACE`; then everything left is cancelled and the broker is closed, whatever else
+    /// still holds it.
     pub async fn shutdown(self) {
-        self.cancel.cancel();
-        let Gateway { config, broker, ports, tx, publisher, durable, .. } = self;
+        let Gateway { config, broker, cancel, reporters, ports, tx, publisher, durable, .. } = self;
         drop(tx);
         let drain = async {
+            for p in ports.values() {
+                p.cancel.cancel();
+            }
             for (_, p) in ports {
                 let _ = p.task.await;
             }
             let _ = publisher.await;
             if let Some(d) = durable {
-                if let Some(t) = d.tap {
-                    t.abort();
-                    let _ = t.await;
-                }
-                // The bridge says `offline` upstream and hands over its last acknowledgements; then
-                // the writer, with every handle gone, commits what is left and ends.
-                if let Some(b) = d.bridge {
-                    b.stop().await;
-                }
-                drop(d.acceptor);
-                let _ = d.writer.await;
+                d.stop().await;
             }
             if let Err(e) = broker.publish(&status(&config, false)).await {
                 tracing::warn!(error = %e, "could not publish offline status");
@@ -303,189 +301,13 @@ impl Gateway {
             // Publishing only queues the message for each session; give connected subscribers a
             // moment to receive the last words before the broker disconnects them.
             tokio::time::sleep(FINAL_FLUSH).await;
+            cancel.cancel();
+            reporters.wait().await;
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutdown grace period over; stopping anyway");
         }
-        if let Some(b) = Arc::into_inner(broker) {
-            b.stop().await;
-        }
-    }
-}
-
-fn status(config: &Config, online: bool) -> OutMessage {
-    OutMessage {
-        topic: config.gateway.status_topic.clone(),
-        payload: Bytes::from_static(if online { b"online" } else { b"offline" }),
-        qos: 1,
-        retain: true,
-    }
-}
-
-async fn publish_loop(
-    mut rx: mpsc::Receiver<PortEvent>,
-    broker: Arc<LocalBroker>,
-    maps: watch::Receiver<Arc<Vec<TopicMap>>>,
-    gateway: String,
-    progress: Arc<AtomicU64>,
-    epoch: Instant,
-    durable: Option<Acceptor>,
-) {
-    let mut out = Vec::new();
-    loop {
-        progress.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let ev = match tokio::time::timeout(PUBLISHER_HEARTBEAT, rx.recv()).await {
-            Err(_) => continue,
-            Ok(None) => return,
-            Ok(Some(ev)) => ev,
-        };
-        match ev {
-            PortEvent::Reading(r) => {
-                let maps = maps.borrow().clone();
-                let mut unmapped = 0;
-                for m in maps.iter() {
-                    unmapped += m.messages(&gateway, &r, &mut out);
-                }
-                if unmapped > 0 {
-                    tracing::debug!(port = %r.port, unmapped, "topic placeholders without a value in this frame");
-                }
-                for msg in out.drain(..) {
-                    if let Err(e) = broker.publish(&msg).await {
-                        tracing::error!(topic = %msg.topic, error = %e, "reading not published");
-                    }
-                    if let Some(d) = &durable {
-                        d.submit(&msg, true).await;
-                    }
-                }
-            }
-            PortEvent::Availability { port, topic, online } => {
-                let payload = Bytes::from_static(if online { b"online" } else { b"offline" });
-                tracing::info!(%port, online, "port availability changed");
-                let msg = OutMessage { topic, payload, qos: 1, retain: true };
-                if let Err(e) = broker.publish(&msg).await {
-                    tracing::error!(topic = %msg.topic, error = %e, "availability not published");
-                }
-                if let Some(d) = &durable {
-                    // Forwarded upstream if a rule takes it, but not kept across restarts: after a
-                    // restart the port reports its own state.
-                    d.submit(&msg, false).await;
-                }
-            }
-        }
-    }
-}
-
-async fn report_stats(
-    broker: Arc<LocalBroker>,
-    status_topic: String,
-    every: Duration,
-    stats: watch::Receiver<Vec<(Arc<str>, Arc<PortStats>)>>,
-    cancel: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let list = stats.borrow().clone();
-        for (name, s) in &list {
-            let payload = serde_json::to_vec(&**s).unwrap_or_default();
-            let msg = OutMessage {
-                topic: format!("{status_topic}/stats/{name}"),
-                payload: payload.into(),
-                qos: 0,
-                retain: true,
-            };
-            let _ = broker.publish(&msg).await;
-        }
-        let msg = OutMessage {
-            topic: format!("{status_topic}/stats/broker"),
-            payload: broker.stats_json().into(),
-            qos: 0,
-            retain: true,
-        };
-        let _ = broker.publish(&msg).await;
-    }
-}
-
-/// Opens the store, republishes the retained readings it kept, and starts the writer and bridge.
-async fn open_durable(
-    config: &Config,
-    path: std::path::PathBuf,
-    broker: &Arc<LocalBroker>,
-) -> Result<Durable, GatewayError> {
-    let limits = config.upstream.as_ref().map(|u| u.queue.clone());
-    let store =
-        tokio::task::spawn_blocking(move || Store::open(&path, limits)).await.expect("store open does not panic")?;
-    let store = Arc::new(store);
-    let kept = {
-        let s = store.clone();
-        tokio::task::spawn_blocking(move || s.retained()).await.expect("store read does not panic")?
-    };
-    // Kept values of topics no retained map produces any more (the map was removed or changed) are
-    // not brought back; they are cleared below, once the writer runs.
-    let (kept, orphaned): (Vec<_>, Vec<_>) =
-        kept.into_iter().partition(|r| config.maps.iter().any(|m| m.retain && m.topic.could_be(&r.topic)));
-    for r in &kept {
-        let msg = OutMessage { topic: r.topic.clone(), payload: r.payload.clone(), qos: r.qos, retain: true };
-        broker.publish(&msg).await?;
-    }
-    let q = store.status();
-    tracing::info!(path = %store.path().display(), retained = kept.len(), queued = q.depth, bytes = q.bytes, "store opened");
-    let upstream = config.upstream.clone().map(Arc::new);
-    let committed = Arc::new(tokio::sync::Notify::new());
-    let interval = upstream.as_ref().map(|u| u.queue.commit_interval).unwrap_or(Duration::from_millis(100));
-    let (acceptor, writer) = start_writer(store.clone(), upstream.clone(), interval, committed.clone());
-    for r in &orphaned {
-        tracing::info!(topic = %r.topic, "retained value of a topic no map produces any more: cleared, not republished");
-        // An empty retained message: deletes the kept value, and clears the cloud's copy too when a
-        // forward rule takes the topic.
-        let clear = OutMessage { topic: r.topic.clone(), payload: Bytes::new(), qos: r.qos, retain: true };
-        acceptor.submit(&clear, true).await;
-    }
-    let mut tap = None;
-    if let Some(u) = &upstream {
-        let filters: Vec<String> = u.forward.iter().filter(|r| r.from_clients).map(|r| r.filter.clone()).collect();
-        if !filters.is_empty() {
-            // Same bound as the writer's own channel: a burst from clients waits here, then is dropped.
-            let (mut rx, _dropped) = broker.tap_client_publishes(filters, 4096).await;
-            let a = acceptor.clone();
-            tap = Some(tokio::spawn(async move {
-                while let Some(m) = rx.recv().await {
-                    a.submit(&m, false).await;
-                }
-            }));
-        }
-    }
-    let bridge = upstream.map(|u| Bridge::start(u, store.clone(), acceptor.clone(), committed, broker.clone()));
-    Ok(Durable { store, acceptor, writer, bridge, tap })
-}
-
-/// Publishes the bridge's state, retained, when it changes (at most once a second, since the queue
-/// depth changes with every reading) and at least every `every`.
-async fn report_bridge(
-    broker: Arc<LocalBroker>,
-    topic: String,
-    mut status: watch::Receiver<BridgeStatus>,
-    every: Duration,
-) {
-    // Fast enough to follow an outage by eye, slow enough not to add a message per reading.
-    const MIN_SPACING: Duration = Duration::from_secs(1);
-    loop {
-        let snapshot = status.borrow_and_update().clone();
-        let msg = OutMessage {
-            topic: topic.clone(),
-            payload: serde_json::to_vec(&snapshot).unwrap_or_default().into(),
-            qos: 0,
-            retain: true,
-        };
-        if broker.publish(&msg).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(MIN_SPACING).await;
-        if let Ok(Err(_)) = tokio::time::timeout(every, status.changed()).await {
-            return;
-        }
+        cancel.cancel();
+        broker.close().await;
     }
 }
