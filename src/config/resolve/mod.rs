@@ -1,0 +1,260 @@
+//! Raw YAML → validated `Config`: deserializes each section on its own and checks what serde cannot
+//! (references between ports and maps, template placeholders, ranges, safe broker defaults).
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+mod broker;
+mod maps;
+mod ports;
+
+use broker::resolve_broker;
+use maps::resolve_map;
+use ports::resolve_port;
+
+use super::raw::*;
+use super::upstream::{resolve_upstream, RawUpstream, UpstreamSettings};
+use super::{
+    suggest, AclRule, BrokerSettings, Config, GatewaySettings, ListenerSettings, Location, PortSettings, Problems,
+    Secret, DEFAULT_LISTENER,
+};
+use crate::decode::{binary_width, BinaryField, FrameDecoder};
+use crate::local_broker::acl::{check_filter, Subject};
+use crate::local_broker::front::FrontLimits;
+use crate::local_broker::settings::{
+    default_front_limits, DEFAULT_MAX_QUEUE_LEN, DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_SESSIONS,
+};
+use crate::serial::framing::FramingSpec;
+use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
+
+pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
+    let doc: Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let location = e.location().map(|l| Location { line: l.line(), column: l.column() });
+            p.add_at(location, "", format!("not valid YAML: {e}"));
+            return None;
+        }
+    };
+    let mut top = match doc {
+        Value::Mapping(m) => m,
+        Value::Null => Default::default(),
+        _ => {
+            p.add("", "the file must be a mapping with keys such as `ports:` and `maps:`");
+            return None;
+        }
+    };
+    for key in top.keys() {
+        let name = key.as_str().unwrap_or("?");
+        if !TOP_LEVEL_KEYS.contains(&name) {
+            p.add(name, unknown_key_message(name, TOP_LEVEL_KEYS));
+        }
+    }
+    let mut take = |k: &str| top.remove(k).unwrap_or(Value::Null);
+    let (gateway_v, log_v, broker_v, upstream_v, ports_v, maps_v) =
+        (take("gateway"), take("log"), take("broker"), take("upstream"), take("ports"), take("maps"));
+
+    let gateway: RawGateway = section(gateway_v, "gateway", p).unwrap_or_default();
+    let log: RawLog = section(log_v, "log", p).unwrap_or_default();
+    let broker: Option<RawBroker> = section(broker_v, "broker", p);
+    let port_values = list(ports_v, "ports", p);
+    let map_values = list(maps_v, "maps", p);
+
+    let gateway = resolve_gateway(&gateway, p);
+    if let Some(level) = &log.level {
+        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+            p.add("log.level", format!("`{level}` is not a log level: use error, warn, info, debug or trace"));
+        }
+    }
+    let broker = broker.and_then(|b| resolve_broker(&b, p));
+    let upstream = if upstream_v.is_null() {
+        None
+    } else {
+        // As written (plus what it depends on): a reload compares it to know whether the bridge changed.
+        let fingerprint = format!(
+            "{}\n{:?}\n{}",
+            gateway.name,
+            gateway.state_dir,
+            serde_yaml::to_string(&upstream_v).unwrap_or_default()
+        );
+        section::<RawUpstream>(upstream_v, "upstream", p)
+            .and_then(|u| resolve_upstream(&u, &gateway.name, gateway.state_dir.as_deref(), p))
+            .map(|u| UpstreamSettings { fingerprint, ..u })
+    };
+
+    // Names of every port, even those whose section failed, so maps are not blamed for it.
+    let all_port_names: Vec<String> =
+        port_values.iter().filter_map(|v| v.get("name").and_then(Value::as_str).map(String::from)).collect();
+    let mut ports = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, v) in port_values.into_iter().enumerate() {
+        let path = format!("ports[{i}]");
+        // What the user wrote for this port, plus the gateway name its topics depend on: equal
+        // fingerprints mean a reload can leave the running port alone.
+        let fingerprint = format!("{}\n{}", gateway.name, serde_yaml::to_string(&v).unwrap_or_default());
+        if let Some(raw) = section::<RawPort>(v, &path, p) {
+            if !seen.insert(raw.name.clone()) {
+                p.add(&format!("{path}.name"), format!("port name `{}` is used twice; names must be unique", raw.name));
+            }
+            if let Some(mut port) = resolve_port(&raw, &path, &gateway.name, p) {
+                port.fingerprint = fingerprint;
+                ports.push(port);
+            }
+        }
+    }
+    let mut maps = Vec::new();
+    for (i, v) in map_values.into_iter().enumerate() {
+        let path = format!("maps[{i}]");
+        if let Some(raw) = section::<RawMap>(v, &path, p) {
+            if let Some(m) = resolve_map(&raw, &path, &ports, &all_port_names, p) {
+                maps.push(m);
+            }
+        }
+    }
+    Some(Config { gateway, log_level: log.level, broker: broker?, ports, maps, upstream })
+}
+
+/// A message for an unknown key, with the nearest valid one.
+fn unknown_key_message(name: &str, valid: &[&str]) -> String {
+    let list = valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
+    match suggest(name, valid.iter().copied()) {
+        Some(s) => format!("unknown key `{name}`, did you mean `{s}`? (valid: {list})"),
+        None => format!("unknown key `{name}` (valid: {list})"),
+    }
+}
+
+/// Deserializes one section; on failure records the problem at the exact key and returns None.
+fn section<T: DeserializeOwned>(v: Value, path: &str, p: &mut Problems) -> Option<T> {
+    let v = if v.is_null() { Value::Mapping(Default::default()) } else { v };
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let mut full = path.to_string();
+            for seg in e.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Seq { index } => full.push_str(&format!("[{index}]")),
+                    serde_path_to_error::Segment::Map { key } => {
+                        full.push('.');
+                        full.push_str(key);
+                    }
+                    serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            let (at, message) = explain(&full, &e.into_inner().to_string());
+            p.add(&at, message);
+            None
+        }
+    }
+}
+
+/// Rewrites serde's message into one that says what would be valid; returns the path to point at.
+fn explain(path: &str, message: &str) -> (String, String) {
+    let backticked = |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(String::from).collect() };
+    for (prefix, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        if message.starts_with(prefix) {
+            let names = backticked(&message[prefix.len() - 1..]);
+            let Some((typed, valid)) = names.split_first() else { break };
+            let valid: Vec<&str> = valid.iter().map(String::as_str).collect();
+            let list = valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
+            let hint = match suggest(typed, valid.iter().copied()) {
+                Some(s) => format!(", did you mean `{s}`?"),
+                None => String::new(),
+            };
+            let at = if what == "key" && !path.ends_with(&format!(".{typed}")) {
+                format!("{path}.{typed}")
+            } else {
+                path.to_string()
+            };
+            return (at, format!("unknown {what} `{typed}`{hint} (valid: {list})"));
+        }
+    }
+    if message.contains("did not match any variant of untagged enum RawBytes") {
+        return (path.into(), "expected bytes: a list like [0x42, 0x4D] or a hex string like \"42 4D\"".into());
+    }
+    if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        let what = if field == "type" { " (the kind of framing or decoder)" } else { "" };
+        return (path.into(), format!("missing key `{field}`{what}"));
+    }
+    (path.into(), message.to_string())
+}
+
+fn list(v: Value, path: &str, p: &mut Problems) -> Vec<Value> {
+    match v {
+        Value::Null => Vec::new(),
+        Value::Sequence(s) => s,
+        _ => {
+            p.add(path, format!("`{path}` must be a list (items start with `- `)"));
+            Vec::new()
+        }
+    }
+}
+
+fn topic_name_ok(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#', '{', '}', '\0'])
+}
+
+fn resolve_gateway(raw: &RawGateway, p: &mut Problems) -> GatewaySettings {
+    if !topic_name_ok(&raw.name) {
+        p.add("gateway.name", "must be non-empty and contain none of `/ + # { }` (it becomes a topic level)");
+    }
+    let status_topic = render_fixed(&raw.status_topic, "gateway.status_topic", &[("gateway", &raw.name)], p);
+    let channel_capacity = NonZeroUsize::new(raw.channel_capacity).unwrap_or_else(|| {
+        p.add("gateway.channel_capacity", "must be at least 1");
+        NonZeroUsize::MIN
+    });
+    if raw.stats_interval.is_zero() {
+        p.add("gateway.stats_interval", "must be longer than 0s, e.g. `30s`");
+    }
+    GatewaySettings {
+        name: raw.name.clone(),
+        status_topic,
+        channel_capacity,
+        stats_interval: raw.stats_interval,
+        state_dir: raw.state_dir.clone(),
+    }
+}
+
+/// Renders a template that may only use the given placeholders.
+fn render_fixed(text: &str, path: &str, vars: &[(&str, &str)], p: &mut Problems) -> String {
+    match Template::parse(text) {
+        Ok(t) => {
+            let allowed: Vec<&str> = vars.iter().map(|(k, _)| *k).collect();
+            for name in t.placeholders() {
+                if !allowed.contains(&name) {
+                    p.add(
+                        path,
+                        format!("placeholder `{{{name}}}` is not available here (valid: {})", braces(&allowed)),
+                    );
+                }
+            }
+            t.render(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())).unwrap_or_default()
+        }
+        Err(e) => {
+            p.add(path, e);
+            String::new()
+        }
+    }
+}
+
+fn braces(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{{{n}}}`")).collect::<Vec<_>>().join(", ")
+}
+
+fn bytes(raw: &RawBytes, path: &str, p: &mut Problems) -> Vec<u8> {
+    match raw {
+        RawBytes::List(v) => v.clone(),
+        RawBytes::Hex(s) => {
+            let digits: String = s.split_whitespace().map(|w| w.trim_start_matches("0x")).collect();
+            if digits.len() % 2 == 1 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+                p.add(path, format!("`{s}` is not hex bytes, e.g. \"42 4D\""));
+                return Vec::new();
+            }
+            (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap_or(0)).collect()
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! `ports:` → `PortSettings`: line settings, framing, checksum and decoder, each checked against
+//! the others (a binary field must fit the frame).
+
+use super::*;
+
+pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> Option<PortSettings> {
+    let start = p.count();
+    if !topic_name_ok(&raw.name) {
+        p.add(&format!("{path}.name"), "must be non-empty and contain none of `/ + # { }`");
+    }
+    if let Some(addr) = crate::serial::port::tcp_device(&raw.device) {
+        let ok = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            p.add(
+                &format!("{path}.device"),
+                format!("`tcp://{addr}` needs a host and a port, e.g. `tcp://10.0.0.5:4001`"),
+            );
+        }
+    }
+    if raw.baud_rate == 0 {
+        p.add(&format!("{path}.baud_rate"), "must be a positive rate such as 9600 or 115200");
+    }
+    if !(5..=8).contains(&raw.data_bits) {
+        p.add(&format!("{path}.data_bits"), format!("{} is not valid: use 5, 6, 7 or 8", raw.data_bits));
+    }
+    if !(1..=2).contains(&raw.stop_bits) {
+        p.add(&format!("{path}.stop_bits"), format!("{} is not valid: use 1 or 2", raw.stop_bits));
+    }
+    if raw.silence_timeout.is_zero() || raw.reopen_backoff_max.is_zero() {
+        p.add(path, "`silence_timeout` and `reopen_backoff_max` must be longer than 0s");
+    }
+    let framing = resolve_framing(&raw.framing, &format!("{path}.framing"), p);
+    let checksum = raw.checksum.as_ref().and_then(|c| c.resolve());
+    let decoder = resolve_decoder(&raw.decoder, &format!("{path}.decoder"), framing.as_ref(), p);
+    let availability_topic = render_fixed(
+        &raw.availability_topic,
+        &format!("{path}.availability_topic"),
+        &[("gateway", gateway), ("port", &raw.name)],
+        p,
+    );
+    if p.count() != start {
+        return None;
+    }
+    Some(PortSettings {
+        name: Arc::from(raw.name.as_str()),
+        device: raw.device.clone(),
+        baud_rate: raw.baud_rate,
+        data_bits: raw.data_bits,
+        parity: raw.parity,
+        stop_bits: raw.stop_bits,
+        flow_control: raw.flow_control,
+        framing: framing?,
+        checksum,
+        decoder: Arc::new(decoder?),
+        silence_timeout: raw.silence_timeout,
+        availability_topic,
+        skip_first_frames: raw.skip_first_frames,
+        reopen_backoff_max: raw.reopen_backoff_max,
+        fingerprint: String::new(),
+    })
+}
+
+/// Frames larger than this are refused at load time: a UART frame of 64 KiB is a mistake.
+const MAX_FRAME_LIMIT: usize = 65536;
+
+fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<FramingSpec> {
+    let start = p.count();
+    let max_ok = |max: usize, p: &mut Problems| {
+        if max == 0 || max > MAX_FRAME_LIMIT {
+            p.add(&format!("{path}.max_length"), format!("must be between 1 and {MAX_FRAME_LIMIT}"));
+        }
+    };
+    let spec = match raw {
+        RawFraming::Lines { delimiter, max_length } => {
+            if delimiter.is_empty() {
+                p.add(&format!("{path}.delimiter"), "must not be empty; write \"\\n\" or \"\\r\\n\" in double quotes");
+            }
+            max_ok(*max_length, p);
+            FramingSpec::Lines { delimiter: delimiter.as_bytes().to_vec(), max_length: *max_length }
+        }
+        RawFraming::Fixed { length, header, trailer } => {
+            let header = header.as_ref().map(|h| bytes(h, &format!("{path}.header"), p)).unwrap_or_default();
+            let trailer = trailer.as_ref().map(|t| bytes(t, &format!("{path}.trailer"), p)).unwrap_or_default();
+            if *length == 0 || *length > MAX_FRAME_LIMIT || header.len() + trailer.len() > *length {
+                p.add(
+                    &format!("{path}.length"),
+                    format!("must be 1..={MAX_FRAME_LIMIT} and fit the header and trailer"),
+                );
+            }
+            FramingSpec::Fixed { length: *length, header, trailer }
+        }
+        RawFraming::Markers { start: s, end, escape, max_length } => {
+            let s = bytes(s, &format!("{path}.start"), p);
+            let end = bytes(end, &format!("{path}.end"), p);
+            if s.is_empty() || end.is_empty() {
+                p.add(path, "`start` and `end` markers must not be empty");
+            }
+            max_ok(*max_length, p);
+            FramingSpec::Markers { start: s, end, escape: *escape, max_length: *max_length }
+        }
+        RawFraming::LengthPrefixed {
+            header,
+            length_offset,
+            length_width,
+            length_byte_order,
+            length_counts,
+            length_adjust,
+            max_length,
+        } => {
+            let before = p.count();
+            let header = bytes(header, &format!("{path}.header"), p);
+            if header.is_empty() && p.count() == before {
+                p.add(
+                    &format!("{path}.header"),
+                    "must not be empty: the header is how frames are found again after garbage",
+                );
+            }
+            if ![1, 2, 4].contains(length_width) {
+                p.add(&format!("{path}.length_width"), format!("{length_width} is not valid: use 1, 2 or 4"));
+            }
+            max_ok(*max_length, p);
+            FramingSpec::LengthPrefixed {
+                header,
+                length_offset: *length_offset,
+                length_width: *length_width as usize,
+                length_byte_order: *length_byte_order,
+                length_counts: *length_counts,
+                length_adjust: *length_adjust,
+                max_length: *max_length,
+            }
+        }
+    };
+    (p.count() == start).then_some(spec)
+}
+
+fn resolve_decoder(
+    raw: &RawDecoder,
+    path: &str,
+    framing: Option<&FramingSpec>,
+    p: &mut Problems,
+) -> Option<FrameDecoder> {
+    let start = p.count();
+    let check_types = |types: &std::collections::BTreeMap<String, FieldKind>, names: &[String], p: &mut Problems| {
+        for t in types.keys() {
+            if !names.contains(t) {
+                let valid: Vec<&str> = names.iter().map(String::as_str).collect();
+                p.add(
+                    &format!("{path}.types.{t}"),
+                    unknown_key_message(t, &valid).replace("unknown key", "no field named"),
+                );
+            }
+        }
+    };
+    let decoder = match raw {
+        RawDecoder::Regex { patterns, types } => {
+            let mut compiled = Vec::new();
+            if patterns.is_empty() {
+                p.add(&format!("{path}.patterns"), "give at least one pattern");
+            }
+            for (i, pat) in patterns.iter().enumerate() {
+                match regex::bytes::Regex::new(pat) {
+                    Ok(re) if re.capture_names().flatten().next().is_none() => p.add(
+                        &format!("{path}.patterns[{i}]"),
+                        "has no named capture such as (?P<temp>[0-9.]+); only named captures become fields",
+                    ),
+                    Ok(re) => compiled.push(re),
+                    Err(e) => {
+                        // regex's message draws a caret under the pattern over several lines; keep its verdict.
+                        let text = e.to_string();
+                        let verdict = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
+                        p.add(&format!("{path}.patterns[{i}]"), format!("not a valid regex: {verdict}"))
+                    }
+                }
+            }
+            let d = FrameDecoder::Regex { patterns: compiled, types: types.clone() };
+            check_types(types, &d.field_names(), p);
+            d
+        }
+        RawDecoder::Csv { separator, columns, types } => {
+            if !separator.is_ascii() {
+                p.add(&format!("{path}.separator"), "must be a single ASCII character such as `,` or `;`");
+            }
+            if columns.iter().flatten().next().is_none() {
+                p.add(&format!("{path}.columns"), "name at least one column (use `null` to skip a column)");
+            }
+            let d = FrameDecoder::Csv {
+                separator: *separator as u8,
+                columns: columns.iter().map(|c| c.as_deref().map(Arc::from)).collect(),
+                types: types.clone(),
+            };
+            check_types(types, &d.field_names(), p);
+            d
+        }
+        RawDecoder::KeyValue { pair_separator, separator, keys, types } => {
+            if keys.is_empty() {
+                p.add(&format!("{path}.keys"), "list the keys the sensor sends, e.g. [temp, hum]");
+            }
+            let d = FrameDecoder::KeyValue {
+                pair_separator: *pair_separator,
+                separator: *separator,
+                keys: keys.iter().map(|k| Arc::from(k.as_str())).collect(),
+                types: types.clone(),
+            };
+            check_types(types, &d.field_names(), p);
+            d
+        }
+        RawDecoder::Json { fields } => {
+            for (name, ptr) in fields {
+                if !ptr.is_empty() && !ptr.starts_with('/') {
+                    p.add(&format!("{path}.fields.{name}"), format!("`{ptr}` is not a JSON pointer; write `/{ptr}`"));
+                }
+            }
+            FrameDecoder::Json { fields: fields.iter().map(|(k, v)| (Arc::from(k.as_str()), v.clone())).collect() }
+        }
+        RawDecoder::Binary { fields } => {
+            let max = framing.map(FramingSpec::max_frame);
+            let mut names = HashSet::new();
+            let mut out = Vec::new();
+            for (i, f) in fields.iter().enumerate() {
+                let end = f.at + binary_width(f.kind);
+                if !names.insert(f.name.as_str()) {
+                    p.add(&format!("{path}.fields[{i}].name"), format!("field `{}` is defined twice", f.name));
+                }
+                if let Some(max) = max.filter(|m| end > *m) {
+                    p.add(
+                        &format!("{path}.fields[{i}].at"),
+                        format!("bytes {}..{end} lie beyond the {max}-byte frame", f.at),
+                    );
+                }
+                out.push(BinaryField {
+                    name: Arc::from(f.name.as_str()),
+                    at: f.at,
+                    kind: f.kind,
+                    byte_order: f.byte_order,
+                    word_swap: f.word_swap,
+                    scale: f.scale,
+                    add: f.add,
+                });
+            }
+            FrameDecoder::Binary { fields: out }
+        }
+    };
+    (p.count() == start).then_some(decoder)
+}
