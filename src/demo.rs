@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, BrokerSettings, Config, ConfigErrors};
 use crate::gateway::GatewayError;
+use crate::serial::port::Device;
 use crate::simulate::{self, SensorKind};
 use crate::supervisor::{self, Supervision};
 
@@ -55,7 +56,7 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
     for port in &mut config.ports {
         let kind = sensor_for(&port.name);
         let (master, slave) = SerialStream::pair().map_err(|e| DemoError::Pty(kind, e))?;
-        port.device = slave.name().unwrap_or_default().into();
+        port.device = Device::Serial(slave.name().unwrap_or_default().into());
         slaves.push(slave);
         let token = sims.clone();
         tokio::spawn(async move { simulate::run(kind, master, kind.natural_rate(), None, token).await });

@@ -48,7 +48,7 @@ pub fn describe(config: &Config, file: &Path) -> String {
             s,
             "port `{}`: {} at {} baud, fields: {}; availability on {}",
             p.name,
-            p.device.display(),
+            p.device,
             p.baud_rate,
             p.decoder.field_names().join(", "),
             p.availability_topic

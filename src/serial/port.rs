@@ -30,11 +30,11 @@ use crate::decode::Reading;
 #[derive(Debug, Clone)]
 pub struct PortSettings {
     pub name: Arc<str>,
-    pub device: PathBuf,
+    pub device: Device,
     pub baud_rate: u32,
-    pub data_bits: u8,
+    pub data_bits: tokio_serial::DataBits,
     pub parity: Parity,
-    pub stop_bits: u8,
+    pub stop_bits: tokio_serial::StopBits,
     pub flow_control: FlowControl,
     pub framing: FramingSpec,
     pub checksum: Option<Checksum>,
@@ -123,20 +123,25 @@ pub async fn run_port(
         match open(&port).await {
             Ok(device) => {
                 bump(&stats.opens, 1);
-                let resolved = std::fs::canonicalize(&port.device).unwrap_or_else(|_| port.device.clone());
-                tracing::info!(port = %port.name, device = %port.device.display(), resolved = %resolved.display(), "serial port opened");
+                let resolved = match &port.device {
+                    Device::Serial(path) => {
+                        std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display().to_string()
+                    }
+                    tcp => tcp.to_string(),
+                };
+                tracing::info!(port = %port.name, device = %port.device, %resolved, "serial port opened");
                 last_error = None;
                 failing = None;
                 backoff = FIRST_BACKOFF;
                 let result = match device {
-                    Device::Serial(s) => read_frames(s, &port, &tx, &stats, &shutdown).await,
-                    Device::Tcp(t) => read_frames(t, &port, &tx, &stats, &shutdown).await,
+                    Opened::Serial(s) => read_frames(s, &port, &tx, &stats, &shutdown).await,
+                    Opened::Tcp(t) => read_frames(t, &port, &tx, &stats, &shutdown).await,
                 };
                 // The stream (and its file descriptor) is dropped here, before any retry.
                 match result {
                     Ok(()) => return,
                     Err(e) => {
-                        tracing::warn!(port = %port.name, device = %port.device.display(), error = %e, "serial port lost; reopening")
+                        tracing::warn!(port = %port.name, device = %port.device, error = %e, "serial port lost; reopening")
                     }
                 }
             }
@@ -145,11 +150,14 @@ pub async fn run_port(
                 let msg = e.to_string();
                 // Say it once per kind of failure, not every retry.
                 if last_error.as_deref() != Some(&msg) {
-                    let advice =
-                        crate::advice::device(&port.device, e.kind()).map(|a| format!("; {a}")).unwrap_or_default();
-                    tracing::warn!(port = %port.name, device = %port.device.display(), error = %msg,
+                    let advice = match &port.device {
+                        Device::Serial(path) => crate::advice::device(path, e.kind()).map(|a| format!("; {a}")),
+                        Device::Tcp { .. } => None,
+                    }
+                    .unwrap_or_default();
+                    tracing::warn!(port = %port.name, device = %port.device, error = %msg,
                         "cannot open serial port `{}` ({}): {msg}{advice}; retrying with backoff",
-                        port.name, port.device.display());
+                        port.name, port.device);
                     last_error = Some(msg);
                 }
                 let now = Instant::now();
@@ -165,9 +173,9 @@ pub async fn run_port(
                     Some((since, said)) if now.duration_since(*said) >= FAILING_SUMMARY => {
                         *said = now;
                         let tries = stats.open_failures.load(Ordering::Relaxed);
-                        tracing::warn!(port = %port.name, device = %port.device.display(), error = %e,
+                        tracing::warn!(port = %port.name, device = %port.device, error = %e,
                             "serial port `{}` ({}) still cannot be opened after {:.0?} ({tries} attempts in all): {e}",
-                            port.name, port.device.display(), since.elapsed());
+                            port.name, port.device, since.elapsed());
                     }
                     Some(_) => {}
                 }
@@ -181,10 +189,43 @@ pub async fn run_port(
     }
 }
 
-/// An opened byte source.
-enum Device {
-    Serial(tokio_serial::SerialStream),
+/// Where a port's bytes come from, decided once when the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Device {
+    /// A serial device node or a link to one (`/dev/serial/by-id/…`, followed at every open).
+    Serial(PathBuf),
     /// A serial device server (ser2net, ESP-Link, Moxa NPort…) in raw TCP mode: `tcp://HOST:PORT`.
+    Tcp { host: String, port: u16 },
+}
+
+impl Device {
+    /// Reads a port's `device:`; the error says what a `tcp://` address needs.
+    pub fn parse(device: &std::path::Path) -> Result<Device, String> {
+        let Some(addr) = device.to_str().and_then(|d| d.strip_prefix("tcp://")) else {
+            return Ok(Device::Serial(device.to_path_buf()));
+        };
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+                Ok(port) => Ok(Device::Tcp { host: host.to_string(), port }),
+                Err(_) => Err(format!("`tcp://{addr}` needs a host and a port, e.g. `tcp://10.0.0.5:4001`")),
+            },
+            _ => Err(format!("`tcp://{addr}` needs a host and a port, e.g. `tcp://10.0.0.5:4001`")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Serial(path) => write!(f, "{}", path.display()),
+            Device::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+        }
+    }
+}
+
+/// An opened byte source.
+enum Opened {
+    Serial(tokio_serial::SerialStream),
     Tcp(tokio::net::TcpStream),
 }
 
@@ -192,37 +233,30 @@ enum Device {
 /// retried with backoff) instead of stalling the port task on the kernel's SYN timeout.
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The `HOST:PORT` of a `tcp://` device, if it is one.
-pub fn tcp_device(device: &std::path::Path) -> Option<&str> {
-    device.to_str()?.strip_prefix("tcp://")
-}
-
-async fn open(port: &PortSettings) -> Result<Device, std::io::Error> {
-    if let Some(addr) = tcp_device(&port.device) {
-        let connect = tokio::net::TcpStream::connect(addr);
-        return match tokio::time::timeout(TCP_CONNECT_TIMEOUT, connect).await {
-            Ok(stream) => Ok(Device::Tcp(stream?)),
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
-        };
+async fn open(port: &PortSettings) -> Result<Opened, std::io::Error> {
+    match &port.device {
+        Device::Tcp { host, port } => {
+            // An IPv6 literal is written in brackets (`tcp://[fe80::1]:4001`), as in URLs.
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let connect = tokio::net::TcpStream::connect((host, *port));
+            match tokio::time::timeout(TCP_CONNECT_TIMEOUT, connect).await {
+                Ok(stream) => Ok(Opened::Tcp(stream?)),
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        }
+        Device::Serial(path) => open_serial(path, port).map(Opened::Serial).map_err(std::io::Error::from),
     }
-    open_serial(port).map(Device::Serial).map_err(std::io::Error::from)
 }
 
-fn open_serial(port: &PortSettings) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
-    let path = port.device.to_string_lossy();
-    tokio_serial::new(path, port.baud_rate)
-        .data_bits(match port.data_bits {
-            5 => tokio_serial::DataBits::Five,
-            6 => tokio_serial::DataBits::Six,
-            7 => tokio_serial::DataBits::Seven,
-            _ => tokio_serial::DataBits::Eight,
-        })
+fn open_serial(path: &std::path::Path, port: &PortSettings) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
+    tokio_serial::new(path.to_string_lossy(), port.baud_rate)
+        .data_bits(port.data_bits)
         .parity(match port.parity {
             Parity::None => tokio_serial::Parity::None,
             Parity::Odd => tokio_serial::Parity::Odd,
             Parity::Even => tokio_serial::Parity::Even,
         })
-        .stop_bits(if port.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One })
+        .stop_bits(port.stop_bits)
         .flow_control(match port.flow_control {
             FlowControl::None => tokio_serial::FlowControl::None,
             FlowControl::Software => tokio_serial::FlowControl::Software,
@@ -340,6 +374,27 @@ impl WarnLimiter {
             self.held = 0;
         } else {
             self.held += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::Device;
+
+    #[test]
+    fn devices_are_parsed_once_and_shown_as_written() {
+        let serial = Device::parse(Path::new("/dev/serial/by-id/usb-FTDI-if00")).unwrap();
+        assert_eq!(serial, Device::Serial("/dev/serial/by-id/usb-FTDI-if00".into()));
+        let tcp = Device::parse(Path::new("tcp://10.0.0.5:4001")).unwrap();
+        assert_eq!(tcp, Device::Tcp { host: "10.0.0.5".into(), port: 4001 });
+        assert_eq!(tcp.to_string(), "tcp://10.0.0.5:4001");
+        assert_eq!(Device::parse(Path::new("tcp://[::1]:4001")).unwrap().to_string(), "tcp://[::1]:4001");
+        for bad in ["tcp://10.0.0.5", "tcp://:4001", "tcp://host:99999"] {
+            let e = Device::parse(Path::new(bad)).unwrap_err();
+            assert!(e.contains("needs a host and a port"), "{bad}: {e}");
         }
     }
 }

@@ -55,7 +55,7 @@ pub fn shipped_config(name: &str, devices: &[&Path]) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(name);
     let mut c = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     for (port, dev) in c.ports.iter_mut().zip(devices) {
-        port.device = dev.to_path_buf();
+        port.device = ser2mqtt::serial::port::Device::Serial(dev.to_path_buf());
     }
     c.broker = BrokerSettings::local_only(loopback0());
     c

@@ -1,31 +1,38 @@
 //! `ports:` → `PortSettings`: line settings, framing, checksum and decoder, each checked against
 //! the others (a binary field must fit the frame).
 
+use tokio_serial::{DataBits, StopBits};
+
 use super::*;
+use crate::serial::port::Device;
 
 pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> Option<PortSettings> {
     let start = p.count();
     if !topic_name_ok(&raw.name) {
         p.add(&format!("{path}.name"), "must be non-empty and contain none of `/ + # { }`");
     }
-    if let Some(addr) = crate::serial::port::tcp_device(&raw.device) {
-        let ok = addr.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !ok {
-            p.add(
-                &format!("{path}.device"),
-                format!("`tcp://{addr}` needs a host and a port, e.g. `tcp://10.0.0.5:4001`"),
-            );
-        }
-    }
+    let device = Device::parse(&raw.device).map_err(|e| p.add(&format!("{path}.device"), e)).ok();
     if raw.baud_rate == 0 {
         p.add(&format!("{path}.baud_rate"), "must be a positive rate such as 9600 or 115200");
     }
-    if !(5..=8).contains(&raw.data_bits) {
-        p.add(&format!("{path}.data_bits"), format!("{} is not valid: use 5, 6, 7 or 8", raw.data_bits));
-    }
-    if !(1..=2).contains(&raw.stop_bits) {
-        p.add(&format!("{path}.stop_bits"), format!("{} is not valid: use 1 or 2", raw.stop_bits));
-    }
+    let data_bits = match raw.data_bits {
+        5 => Some(DataBits::Five),
+        6 => Some(DataBits::Six),
+        7 => Some(DataBits::Seven),
+        8 => Some(DataBits::Eight),
+        n => {
+            p.add(&format!("{path}.data_bits"), format!("{n} is not valid: use 5, 6, 7 or 8"));
+            None
+        }
+    };
+    let stop_bits = match raw.stop_bits {
+        1 => Some(StopBits::One),
+        2 => Some(StopBits::Two),
+        n => {
+            p.add(&format!("{path}.stop_bits"), format!("{n} is not valid: use 1 or 2"));
+            None
+        }
+    };
     if raw.silence_timeout.is_zero() || raw.reopen_backoff_max.is_zero() {
         p.add(path, "`silence_timeout` and `reopen_backoff_max` must be longer than 0s");
     }
@@ -43,11 +50,11 @@ pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Pro
     }
     Some(PortSettings {
         name: Arc::from(raw.name.as_str()),
-        device: raw.device.clone(),
+        device: device?,
         baud_rate: raw.baud_rate,
-        data_bits: raw.data_bits,
+        data_bits: data_bits?,
         parity: raw.parity,
-        stop_bits: raw.stop_bits,
+        stop_bits: stop_bits?,
         flow_control: raw.flow_control,
         framing: framing?,
         checksum,
