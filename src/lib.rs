@@ -20,6 +20,7 @@ pub mod demo;
 pub mod gateway;
 pub mod local_broker;
 pub mod logging;
+pub mod qos;
 pub mod serial;
 pub mod simulate;
 pub mod store;

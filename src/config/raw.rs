@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 pub use crate::bytes::ByteOrder;
 pub use crate::decode::{BinaryType, FieldKind};
+pub use crate::qos::Qos;
 pub use crate::serial::checksum::ChecksumSettings;
 pub use crate::serial::framing::LengthCounts;
 pub use crate::serial::port::{FlowControl, Parity};
@@ -357,7 +358,7 @@ pub struct RawMap {
     #[serde(default)]
     pub payload: Option<PayloadFormat>,
     #[serde(default)]
-    pub qos: u8,
+    pub qos: Qos,
     #[serde(default)]
     pub retain: bool,
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::Problems;
 use crate::local_broker::acl::check_filter;
+use crate::qos::Qos;
 pub use crate::store::{QueueSettings, SyncMode, WhenFull};
 pub use crate::upstream::settings::{DownlinkRule, ForwardRule, RetainPolicy, UpstreamSettings};
 
@@ -96,7 +97,7 @@ pub struct RawForward {
     /// Upstream QoS. 0 leaves the queue as soon as it is written to the socket (no acknowledgement
     /// exists), so only 1 and 2 carry the no-loss promise.
     #[serde(default = "default_qos")]
-    pub qos: u8,
+    pub qos: Qos,
     #[serde(default)]
     pub retain: RetainPolicy,
     /// Also forward what MQTT clients of the embedded broker publish on this filter (not only the
@@ -114,7 +115,7 @@ pub struct RawDownlink {
     #[serde(default)]
     pub strip_prefix: String,
     #[serde(default = "default_qos")]
-    pub qos: u8,
+    pub qos: Qos,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,13 +187,13 @@ fn default_forward() -> Vec<RawForward> {
     vec![RawForward {
         filter: "#".into(),
         prefix: String::new(),
-        qos: 1,
+        qos: Qos::AT_LEAST_ONCE,
         retain: RetainPolicy::Keep,
         from_clients: false,
     }]
 }
-fn default_qos() -> u8 {
-    1
+fn default_qos() -> Qos {
+    Qos::AT_LEAST_ONCE
 }
 fn default_max_bytes() -> ByteSize {
     ByteSize::mib(64)
@@ -268,13 +269,10 @@ pub(super) fn resolve_upstream(
         if prefix.contains(['+', '#']) {
             p.add(&format!("{path}.prefix"), "must not contain wildcards");
         }
-        if r.qos > 2 {
-            p.add(&format!("{path}.qos"), "must be 0, 1 or 2");
-        }
         forward.push(ForwardRule {
             filter: r.filter.clone(),
             prefix,
-            qos: r.qos,
+            qos: r.qos.into(),
             retain: r.retain,
             from_clients: r.from_clients,
         });
@@ -286,10 +284,7 @@ pub(super) fn resolve_upstream(
         if let Err(e) = check_filter(&filter) {
             p.add(&format!("{path}.filter"), e);
         }
-        if r.qos > 2 {
-            p.add(&format!("{path}.qos"), "must be 0, 1 or 2");
-        }
-        downlink.push(DownlinkRule { filter, strip_prefix: fill(&r.strip_prefix), qos: r.qos });
+        downlink.push(DownlinkRule { filter, strip_prefix: fill(&r.strip_prefix), qos: r.qos.into() });
     }
     let q = &raw.queue;
     if q.max_bytes.as_u64() < 1024 {

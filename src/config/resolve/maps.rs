@@ -73,9 +73,6 @@ pub(super) fn resolve_map(
     if raw.publish == PublishUnit::PerFrame && payload == PayloadFormat::Plain {
         p.add(&format!("{path}.payload"), "a per-frame message carries several values: use `payload: json`");
     }
-    if raw.qos > 2 {
-        p.add(&format!("{path}.qos"), format!("{} is not an MQTT QoS: use 0, 1 or 2", raw.qos));
-    }
     if p.count() != start {
         return None;
     }
@@ -86,7 +83,7 @@ pub(super) fn resolve_map(
         topic: topic?,
         unit: raw.publish,
         payload,
-        qos: raw.qos,
+        qos: raw.qos.into(),
         retain: raw.retain,
     })
 }
