@@ -7,6 +7,7 @@
 //! acknowledgement or QoS 2 stage was not yet committed), or from a broker that lost the session
 //! while a message was in flight.
 
+mod conn;
 pub mod link;
 pub mod outbox;
 pub mod settings;
