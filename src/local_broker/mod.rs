@@ -22,7 +22,7 @@ mod shared;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rmqtt::context::ServerContext;
@@ -33,6 +33,7 @@ use rmqtt::types::{ClientId, CodecPublish, From as MsgFrom, Id, Publish, QoS, Us
 use rmqtt::utils::timestamp_millis;
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod tap;

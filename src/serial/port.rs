@@ -10,12 +10,13 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_serial::SerialPortBuilderExt;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
