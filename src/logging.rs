@@ -3,6 +3,12 @@
 //! (`port` → `PORT=`), so `journalctl -u ser2mqtt PORT=gps` filters by port. Otherwise, readable lines
 //! on stderr. Level from the config unless `RUST_LOG` says otherwise. The broker engine logs through the
 //! `log` crate; those records are bridged into tracing too.
+//!
+//! Why `JournalLayer` exists: systemd-journal-logger (the journald writer the design card names) is a
+//! `log` backend and takes only `log` records, while the gateway logs with `tracing`. The layer is the
+//! thin adapter between them: it collects an event's fields (`EventFields`) and hands one record with
+//! those key/values to `JournalLog`; it formats nothing beyond the message text the default
+//! `journalctl` view shows (`with_fields`).
 
 use std::fmt::Write as _;
 use std::io::IsTerminal;
