@@ -5,8 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use ser2mqtt::bytes::ByteOrder;
-use ser2mqtt::serial::framing::LengthCounts;
-use ser2mqtt::serial::framing::{FrameCodec, FrameEvent, FramingSpec};
+use ser2mqtt::serial::framing::{FrameCodec, FrameEvent, FramingSpec, LengthCounts, LengthField};
 use tokio_util::codec::Decoder;
 
 fn spec(pick: u8) -> FramingSpec {
@@ -17,11 +16,13 @@ fn spec(pick: u8) -> FramingSpec {
         3 => FramingSpec::Markers { start: b"<".to_vec(), end: b">\n".to_vec(), escape: None, max_length: 32 },
         _ => FramingSpec::LengthPrefixed {
             header: vec![0x42, 0x4D],
-            length_offset: 2,
-            length_width: 2,
-            length_byte_order: if pick & 0x80 == 0 { ByteOrder::Big } else { ByteOrder::Little },
-            length_counts: if pick & 0x40 == 0 { LengthCounts::Rest } else { LengthCounts::Frame },
-            length_adjust: (pick & 0x0F) as i64 - 4,
+            length: LengthField {
+                offset: 2,
+                width: 2,
+                order: if pick & 0x80 == 0 { ByteOrder::Big } else { ByteOrder::Little },
+                counts: if pick & 0x40 == 0 { LengthCounts::Rest } else { LengthCounts::Frame },
+                adjust: (pick & 0x0F) as i64 - 4,
+            },
             max_length: 40,
         },
     }

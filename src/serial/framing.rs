@@ -26,30 +26,35 @@ pub enum LengthCounts {
 /// How frames are delimited, resolved from the config.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FramingSpec {
-    Lines {
-        delimiter: Vec<u8>,
-        max_length: usize,
-    },
-    Fixed {
-        length: usize,
-        header: Vec<u8>,
-        trailer: Vec<u8>,
-    },
-    Markers {
-        start: Vec<u8>,
-        end: Vec<u8>,
-        escape: Option<u8>,
-        max_length: usize,
-    },
-    LengthPrefixed {
-        header: Vec<u8>,
-        length_offset: usize,
-        length_width: usize,
-        length_byte_order: ByteOrder,
-        length_counts: LengthCounts,
-        length_adjust: i64,
-        max_length: usize,
-    },
+    Lines { delimiter: Vec<u8>, max_length: usize },
+    Fixed { length: usize, header: Vec<u8>, trailer: Vec<u8> },
+    Markers { start: Vec<u8>, end: Vec<u8>, escape: Option<u8>, max_length: usize },
+    LengthPrefixed { header: Vec<u8>, length: LengthField, max_length: usize },
+}
+
+/// Where a length-prefixed frame says how long it is, and how to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LengthField {
+    /// Offset of the field from the start of the frame.
+    pub offset: usize,
+    /// 1, 2 or 4 bytes.
+    pub width: usize,
+    pub order: ByteOrder,
+    pub counts: LengthCounts,
+    /// Added to the value to get the real size (e.g. a trailing checksum it does not count).
+    pub adjust: i64,
+}
+
+impl LengthField {
+    /// The whole frame's length as the field says it, once `buf` holds the field.
+    fn frame_len(&self, buf: &[u8]) -> Option<i64> {
+        let end = self.offset + self.width;
+        let field = read_uint(buf.get(self.offset..end)?, self.order) as i64;
+        Some(match self.counts {
+            LengthCounts::Rest => end as i64 + field + self.adjust,
+            LengthCounts::Frame => field + self.adjust,
+        })
+    }
 }
 
 impl FramingSpec {
@@ -270,30 +275,18 @@ impl Cutter {
         None
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn decode_length_prefixed(
         &mut self,
         buf: &mut BytesMut,
         header: &[u8],
-        offset: usize,
-        width: usize,
-        order: ByteOrder,
-        counts: LengthCounts,
-        adjust: i64,
+        length: &LengthField,
         max: usize,
     ) -> Option<FrameEvent> {
         if let Some(ev) = self.sync(buf, header.len(), memmem::find(buf, header)) {
             return Some(ev);
         }
-        if buf.len() < offset + width {
-            return None;
-        }
-        let field = read_uint(&buf[offset..offset + width], order) as i64;
-        let total = match counts {
-            LengthCounts::Rest => (offset + width) as i64 + field + adjust,
-            LengthCounts::Frame => field + adjust,
-        };
-        if total < (offset + width) as i64 || total > max as i64 {
+        let total = length.frame_len(buf)?;
+        if total < (length.offset + length.width) as i64 || total > max as i64 {
             return Some(self.reject(buf, Garble::TooLong));
         }
         let total = total as usize;
@@ -324,24 +317,9 @@ impl Decoder for FrameCodec {
             FramingSpec::Markers { start, end, escape, max_length } => {
                 cutter.decode_markers(buf, start, end, *escape, *max_length)
             }
-            FramingSpec::LengthPrefixed {
-                header,
-                length_offset,
-                length_width,
-                length_byte_order,
-                length_counts,
-                length_adjust,
-                max_length,
-            } => cutter.decode_length_prefixed(
-                buf,
-                header,
-                *length_offset,
-                *length_width,
-                *length_byte_order,
-                *length_counts,
-                *length_adjust,
-                *max_length,
-            ),
+            FramingSpec::LengthPrefixed { header, length, max_length } => {
+                cutter.decode_length_prefixed(buf, header, length, *max_length)
+            }
         })
     }
 

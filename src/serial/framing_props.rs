@@ -6,8 +6,7 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
-use super::LengthCounts;
-use super::{FrameCodec, FrameEvent, FramingSpec};
+use super::{FrameCodec, FrameEvent, FramingSpec, LengthCounts, LengthField};
 use crate::bytes::ByteOrder;
 
 /// What a reader makes of the events: frames in order, garbled-frame count, dropped bytes.
@@ -67,11 +66,7 @@ fn specs() -> Vec<FramingSpec> {
 fn length_prefixed() -> FramingSpec {
     FramingSpec::LengthPrefixed {
         header: PMS_HEADER.to_vec(),
-        length_offset: 2,
-        length_width: 2,
-        length_byte_order: ByteOrder::Big,
-        length_counts: LengthCounts::Rest,
-        length_adjust: 0,
+        length: LengthField { offset: 2, width: 2, order: ByteOrder::Big, counts: LengthCounts::Rest, adjust: 0 },
         max_length: 40,
     }
 }

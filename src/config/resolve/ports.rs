@@ -4,6 +4,7 @@
 use tokio_serial::{DataBits, StopBits};
 
 use super::*;
+use crate::serial::framing::LengthField;
 use crate::serial::port::Device;
 
 pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> Option<PortSettings> {
@@ -128,11 +129,13 @@ fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<Fra
             max_ok(*max_length, p);
             FramingSpec::LengthPrefixed {
                 header,
-                length_offset: *length_offset,
-                length_width: *length_width as usize,
-                length_byte_order: *length_byte_order,
-                length_counts: *length_counts,
-                length_adjust: *length_adjust,
+                length: LengthField {
+                    offset: *length_offset,
+                    width: *length_width as usize,
+                    order: *length_byte_order,
+                    counts: *length_counts,
+                    adjust: *length_adjust,
+                },
                 max_length: *max_length,
             }
         }
