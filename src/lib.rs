@@ -22,6 +22,7 @@ pub mod local_broker;
 pub mod logging;
 pub mod qos;
 pub mod serial;
+pub mod settings;
 pub mod simulate;
 pub mod store;
 pub mod supervisor;

@@ -158,21 +158,4 @@ impl Problems<'_> {
     }
 }
 
-/// The valid name nearest to `typed`, if any is close enough to be a likely typo.
-/// Close means one or two edits away (`gsp` → `gps`), or a shared stem (`baud` → `baud_rate`).
-pub fn suggest<'a>(typed: &str, valid: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    let score = |v: &str| {
-        let edits = strsim::osa_distance(typed, v);
-        if edits <= 2 && edits < typed.len().max(v.len()) {
-            2.0 - edits as f64 / 10.0
-        } else {
-            strsim::jaro_winkler(typed, v)
-        }
-    };
-    valid
-        .into_iter()
-        .map(|v| (score(v), v))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, v)| v)
-}
+pub use crate::settings::suggest;

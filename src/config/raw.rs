@@ -4,13 +4,13 @@
 //! in functions so the reference in the README and the code agree. Nothing here is checked beyond its
 //! shape; `resolve` turns these into the validated form the gateway runs on.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 pub use crate::bytes::ByteOrder;
+pub use crate::decode::settings::DecoderSettings;
 pub use crate::decode::{BinaryType, FieldKind};
 pub use crate::qos::Qos;
 pub use crate::serial::checksum::ChecksumSettings;
@@ -175,7 +175,7 @@ pub struct RawPort {
     pub framing: RawFraming,
     #[serde(default)]
     pub checksum: Option<ChecksumSettings>,
-    pub decoder: RawDecoder,
+    pub decoder: DecoderSettings,
     /// No valid frame for this long marks the port `offline`.
     #[serde(default = "default_silence_timeout", with = "humantime_serde")]
     pub silence_timeout: Duration,
@@ -273,70 +273,6 @@ fn default_delimiter() -> String {
 fn default_max_line() -> usize {
     // Longer than any sensor line we know (NMEA is 82), short enough that garbage cannot grow memory.
     512
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawDecoder {
-    /// Named captures become fields; the first pattern that matches wins. Empty captures are absent.
-    Regex {
-        patterns: Vec<String>,
-        #[serde(default)]
-        types: BTreeMap<String, FieldKind>,
-    },
-    /// Columns of a separated line, named in order; `null` skips a column.
-    Csv {
-        #[serde(default = "default_separator")]
-        separator: char,
-        columns: Vec<Option<String>>,
-        #[serde(default)]
-        types: BTreeMap<String, FieldKind>,
-    },
-    /// `key=value` pairs; `keys` lists those the maps may use.
-    KeyValue {
-        #[serde(default = "default_separator")]
-        pair_separator: char,
-        #[serde(default = "default_kv_separator")]
-        separator: char,
-        keys: Vec<String>,
-        #[serde(default)]
-        types: BTreeMap<String, FieldKind>,
-    },
-    /// A JSON document; each field is a JSON pointer into it (`/t`, `/sensor/temp`), kept in file order.
-    Json { fields: indexmap::IndexMap<String, String> },
-    /// Fixed-position binary fields.
-    Binary { fields: Vec<RawBinaryField> },
-}
-
-fn default_separator() -> char {
-    ','
-}
-fn default_kv_separator() -> char {
-    '='
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawBinaryField {
-    pub name: String,
-    /// Byte offset from the start of the frame.
-    pub at: usize,
-    #[serde(rename = "type")]
-    pub kind: BinaryType,
-    #[serde(default)]
-    pub byte_order: ByteOrder,
-    /// Swap 16-bit words of 32/64-bit values (Modbus "CDAB" register order).
-    #[serde(default)]
-    pub word_swap: bool,
-    /// value = raw × scale + add
-    #[serde(default = "default_scale")]
-    pub scale: f64,
-    #[serde(default)]
-    pub add: f64,
-}
-
-fn default_scale() -> f64 {
-    1.0
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,7 +23,6 @@ use super::{
     suggest, AclRule, BrokerSettings, Config, GatewaySettings, ListenerSettings, Location, PortSettings, Problems,
     Secret, DEFAULT_LISTENER,
 };
-use crate::decode::{binary_width, BinaryField, FrameDecoder};
 use crate::local_broker::acl::{check_filter, Subject};
 use crate::local_broker::front::FrontLimits;
 use crate::local_broker::settings::{
@@ -120,12 +119,16 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
 }
 
 /// A message for an unknown key, with the nearest valid one.
-fn unknown_key_message(name: &str, valid: &[&str]) -> String {
-    let list = valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");
-    match suggest(name, valid.iter().copied()) {
-        Some(s) => format!("unknown key `{name}`, did you mean `{s}`? (valid: {list})"),
-        None => format!("unknown key `{name}` (valid: {list})"),
+/// Places a section's problems at their full key paths.
+fn place(p: &mut Problems, path: &str, found: crate::settings::Problems) {
+    for (key, message) in found.into_list() {
+        let at = if key.is_empty() { path.to_string() } else { format!("{path}.{key}") };
+        p.add(&at, message);
     }
+}
+
+fn unknown_key_message(name: &str, valid: &[&str]) -> String {
+    crate::settings::unknown("key", name, valid)
 }
 
 /// Deserializes one section; on failure records the problem at the exact key and returns None.

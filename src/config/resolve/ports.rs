@@ -39,7 +39,9 @@ pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Pro
     }
     let framing = resolve_framing(&raw.framing, &format!("{path}.framing"), p);
     let checksum = raw.checksum.as_ref().and_then(|c| c.resolve());
-    let decoder = resolve_decoder(&raw.decoder, &format!("{path}.decoder"), framing.as_ref(), p);
+    let mut found = crate::settings::Problems::default();
+    let decoder = raw.decoder.resolve(framing.as_ref().map(FramingSpec::max_frame), &mut found);
+    place(p, &format!("{path}.decoder"), found);
     let availability_topic = render_fixed(
         &raw.availability_topic,
         &format!("{path}.availability_topic"),
@@ -141,114 +143,4 @@ fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<Fra
         }
     };
     (p.count() == start).then_some(spec)
-}
-
-fn resolve_decoder(
-    raw: &RawDecoder,
-    path: &str,
-    framing: Option<&FramingSpec>,
-    p: &mut Problems,
-) -> Option<FrameDecoder> {
-    let start = p.count();
-    let check_types = |types: &std::collections::BTreeMap<String, FieldKind>, names: &[String], p: &mut Problems| {
-        for t in types.keys() {
-            if !names.contains(t) {
-                let valid: Vec<&str> = names.iter().map(String::as_str).collect();
-                p.add(
-                    &format!("{path}.types.{t}"),
-                    unknown_key_message(t, &valid).replace("unknown key", "no field named"),
-                );
-            }
-        }
-    };
-    let decoder = match raw {
-        RawDecoder::Regex { patterns, types } => {
-            let mut compiled = Vec::new();
-            if patterns.is_empty() {
-                p.add(&format!("{path}.patterns"), "give at least one pattern");
-            }
-            for (i, pat) in patterns.iter().enumerate() {
-                match regex::bytes::Regex::new(pat) {
-                    Ok(re) if re.capture_names().flatten().next().is_none() => p.add(
-                        &format!("{path}.patterns[{i}]"),
-                        "has no named capture such as (?P<temp>[0-9.]+); only named captures become fields",
-                    ),
-                    Ok(re) => compiled.push(re),
-                    Err(e) => {
-                        // regex's message draws a caret under the pattern over several lines; keep its verdict.
-                        let text = e.to_string();
-                        let verdict = text.lines().last().unwrap_or_default().trim_start_matches("error: ");
-                        p.add(&format!("{path}.patterns[{i}]"), format!("not a valid regex: {verdict}"))
-                    }
-                }
-            }
-            let d = FrameDecoder::Regex { patterns: compiled, types: types.clone() };
-            check_types(types, &d.field_names(), p);
-            d
-        }
-        RawDecoder::Csv { separator, columns, types } => {
-            if !separator.is_ascii() {
-                p.add(&format!("{path}.separator"), "must be a single ASCII character such as `,` or `;`");
-            }
-            if columns.iter().flatten().next().is_none() {
-                p.add(&format!("{path}.columns"), "name at least one column (use `null` to skip a column)");
-            }
-            let d = FrameDecoder::Csv {
-                separator: *separator as u8,
-                columns: columns.iter().map(|c| c.as_deref().map(Arc::from)).collect(),
-                types: types.clone(),
-            };
-            check_types(types, &d.field_names(), p);
-            d
-        }
-        RawDecoder::KeyValue { pair_separator, separator, keys, types } => {
-            if keys.is_empty() {
-                p.add(&format!("{path}.keys"), "list the keys the sensor sends, e.g. [temp, hum]");
-            }
-            let d = FrameDecoder::KeyValue {
-                pair_separator: *pair_separator,
-                separator: *separator,
-                keys: keys.iter().map(|k| Arc::from(k.as_str())).collect(),
-                types: types.clone(),
-            };
-            check_types(types, &d.field_names(), p);
-            d
-        }
-        RawDecoder::Json { fields } => {
-            for (name, ptr) in fields {
-                if !ptr.is_empty() && !ptr.starts_with('/') {
-                    p.add(&format!("{path}.fields.{name}"), format!("`{ptr}` is not a JSON pointer; write `/{ptr}`"));
-                }
-            }
-            FrameDecoder::Json { fields: fields.iter().map(|(k, v)| (Arc::from(k.as_str()), v.clone())).collect() }
-        }
-        RawDecoder::Binary { fields } => {
-            let max = framing.map(FramingSpec::max_frame);
-            let mut names = HashSet::new();
-            let mut out = Vec::new();
-            for (i, f) in fields.iter().enumerate() {
-                let end = f.at + binary_width(f.kind);
-                if !names.insert(f.name.as_str()) {
-                    p.add(&format!("{path}.fields[{i}].name"), format!("field `{}` is defined twice", f.name));
-                }
-                if let Some(max) = max.filter(|m| end > *m) {
-                    p.add(
-                        &format!("{path}.fields[{i}].at"),
-                        format!("bytes {}..{end} lie beyond the {max}-byte frame", f.at),
-                    );
-                }
-                out.push(BinaryField {
-                    name: Arc::from(f.name.as_str()),
-                    at: f.at,
-                    kind: f.kind,
-                    byte_order: f.byte_order,
-                    word_swap: f.word_swap,
-                    scale: f.scale,
-                    add: f.add,
-                });
-            }
-            FrameDecoder::Binary { fields: out }
-        }
-    };
-    (p.count() == start).then_some(decoder)
 }

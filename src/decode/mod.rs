@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use crate::bytes::ByteOrder;
 
+pub mod settings;
+
 /// What a text field's value becomes (`types:` of the regex, CSV and key=value decoders).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
