@@ -339,8 +339,10 @@ async fn main() {
             55..=79 => {
                 let down = rng.u64(0..1500);
                 println!("{:7.1}s gateway SIGKILL, restart after {down} ms", t());
-                kills.push(Instant::now());
                 gw.kill();
+                // Taken once the process is gone (the guard kills and reaps it): a line written
+                // after the signal went out but read before it landed belongs to this kill's window.
+                kills.push(Instant::now());
                 *pid_now.lock().unwrap() = None;
                 tokio::time::sleep(Duration::from_millis(down)).await;
                 gw.start();
