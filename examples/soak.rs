@@ -308,7 +308,8 @@ async fn main() {
         });
     }
 
-    let mut kills: Vec<Instant> = Vec::new();
+    // (signal sent, process reaped) per SIGKILL.
+    let mut kills: Vec<(Instant, Instant)> = Vec::new();
     let mut n = Counts::default();
     // The link is restored by a timer so other faults can happen while it is cut.
     let link_until: Arc<Mutex<Option<Instant>>> = Arc::default();
@@ -339,10 +340,11 @@ async fn main() {
             55..=79 => {
                 let down = rng.u64(0..1500);
                 println!("{:7.1}s gateway SIGKILL, restart after {down} ms", t());
+                // Both ends: a line read after the signal went out but before it landed (a process
+                // in an fsync dies only when that returns) is as lost as one read just before.
+                let signalled = Instant::now();
                 gw.kill();
-                // Taken once the process is gone (the guard kills and reaps it): a line written
-                // after the signal went out but read before it landed belongs to this kill's window.
-                kills.push(Instant::now());
+                kills.push((signalled, Instant::now()));
                 *pid_now.lock().unwrap() = None;
                 tokio::time::sleep(Duration::from_millis(down)).await;
                 gw.start();
@@ -433,7 +435,7 @@ fn unique(seen: &[(String, u64)]) -> usize {
 fn report(
     a: &Args,
     n: &Counts,
-    kills: &[Instant],
+    kills: &[(Instant, Instant)],
     written: &[Written],
     seen: &[(String, u64)],
     samples: &[(f64, u64, usize)],
@@ -483,12 +485,13 @@ fn report(
             .iter()
             .filter(|v| {
                 let w = times[*v - 1];
-                kills.iter().any(|k| *k >= w && *k - w <= window)
+                // Read in the last commit interval before the signal, or while it was landing.
+                kills.iter().any(|(signalled, reaped)| w <= *reaped && w + window >= *signalled)
             })
             .count();
         for v in &missing {
             let w = times[*v - 1];
-            if let Some(k) = kills.iter().filter(|k| **k >= w).min() {
+            if let Some(k) = kills.iter().map(|(_, reaped)| reaped).filter(|k| **k >= w).min() {
                 worst_gap = worst_gap.max(*k - w);
             }
         }
