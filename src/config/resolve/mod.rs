@@ -66,8 +66,8 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
 
     let gateway = resolve_gateway(&gateway, p);
     if let Some(level) = &log.level {
-        if tracing_subscriber::EnvFilter::try_new(level).is_err() {
-            p.add("log.level", format!("`{level}` is not a log level: use error, warn, info, debug or trace"));
+        if let Err(why) = check_log_level(level) {
+            p.add("log.level", why);
         }
     }
     let broker = broker.and_then(|b| resolve_broker(&b, p));
@@ -119,6 +119,21 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
 }
 
 /// A message for an unknown key, with the nearest valid one.
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// A bare word must be a level: tracing would take `inof` as a target name and silence every line.
+/// Anything with `=`, `,` or `:` is a filter (`info,ser2mqtt::serial=debug`), checked by tracing.
+fn check_log_level(level: &str) -> Result<(), String> {
+    let is_filter = level.contains(['=', ',', ':']);
+    if !is_filter && !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        return Err(crate::settings::unknown("log level", level, &LOG_LEVELS)
+            + "; or a filter such as `info,ser2mqtt::serial=debug`");
+    }
+    tracing_subscriber::EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|e| format!("`{level}` is not a log filter: {e}"))
+}
+
 /// Places a section's problems at their full key paths.
 fn place(p: &mut Problems, path: &str, found: crate::settings::Problems) {
     for (key, message) in found.into_list() {
