@@ -163,6 +163,10 @@ pub async fn reload(gw: &mut Gateway, path: &Path) -> Result<(), String> {
         }
         Ok(new) => {
             let r = gw.reload(new).await;
+            if let Some(why) = r.refused {
+                tracing::warn!(config = %path.display(), "reload refused, running configuration kept: {why}");
+                return Err(why);
+            }
             tracing::info!(
                 config = %path.display(),
                 started = ?r.started,

@@ -204,3 +204,28 @@ async fn a_port_whose_settings_changed_is_restarted_on_its_new_device() {
     assert_eq!(sub.next_within(Duration::from_millis(300)).await, None);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn renaming_the_gateway_on_reload_moves_nothing_and_asks_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ser2mqtt.yaml");
+    let mut p = pty();
+    std::fs::write(&file, yaml(&p.path, "a", None)).unwrap();
+    let mut gw = start(ser2mqtt::config::load(&file).unwrap()).await;
+    let mut sub = subscribe(addr(&gw), &[("#", QoS::AtLeastOnce)]).await;
+
+    std::fs::write(&file, yaml(&p.path, "renamed", None).replace("name: gw", "name: other")).unwrap();
+    let refused = supervisor::reload(&mut gw, &file).await;
+    assert!(refused.as_ref().is_err_and(|why| why.contains("restart")), "{refused:?}");
+    assert_eq!(gw.stats()[0].1.opens.load(Ordering::Relaxed), 1, "the port was not restarted");
+    // The old maps still run, and nothing appears under the new name.
+    p.write(b"7\n").await;
+    let got = sub.next_on("a/").await;
+    assert_eq!(got.payload, "7");
+    let mut seen = Vec::new();
+    while let Some(m) = sub.next_within(Duration::from_millis(300)).await {
+        seen.push(m.topic);
+    }
+    assert!(!seen.iter().any(|t| t.starts_with("other/") || t.starts_with("renamed/")), "{seen:?}");
+    gw.shutdown().await;
+}

@@ -71,6 +71,8 @@ pub struct ReloadReport {
     pub unchanged: Vec<String>,
     /// Settings that only take effect on restart (broker listeners, users, gateway name…).
     pub needs_restart: Vec<String>,
+    /// Why nothing was applied: a change that would be half applied until a restart.
+    pub refused: Option<String>,
 }
 
 /// A running gateway.
@@ -224,7 +226,14 @@ impl Gateway {
         }
         if new.gateway.name != self.config.gateway.name || new.gateway.status_topic != self.config.gateway.status_topic
         {
+            // Ports' availability topics are rendered with the name: applying the rest would move
+            // them while the status topic stayed. Nothing is applied until a restart.
             report.needs_restart.push("gateway.name/status_topic".into());
+            report.refused = Some(format!(
+                "gateway name or status topic changed (`{}` -> `{}`): restart to apply; nothing was reloaded",
+                self.config.gateway.status_topic, new.gateway.status_topic
+            ));
+            return report;
         }
         let fingerprint = |c: &Config| c.upstream.as_ref().map(|u| u.fingerprint.clone());
         if fingerprint(&new) != fingerprint(&self.config) || new.gateway.state_dir != self.config.gateway.state_dir {

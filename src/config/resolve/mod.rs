@@ -129,9 +129,7 @@ fn check_log_level(level: &str) -> Result<(), String> {
         return Err(crate::settings::unknown("log level", level, &LOG_LEVELS)
             + "; or a filter such as `info,ser2mqtt::serial=debug`");
     }
-    tracing_subscriber::EnvFilter::try_new(level)
-        .map(|_| ())
-        .map_err(|e| format!("`{level}` is not a log filter: {e}"))
+    tracing_subscriber::EnvFilter::try_new(level).map(|_| ()).map_err(|e| format!("`{level}` is not a log filter: {e}"))
 }
 
 /// Places a section's problems at their full key paths.
