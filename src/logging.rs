@@ -41,6 +41,33 @@ pub fn init(level: Option<&str>) {
         .try_init();
 }
 
+/// The one rate limiter for warnings that can repeat (every frame, every commit): at most one per
+/// `every`, carrying how many occurrences were folded into it, so an SD card and the journal see a
+/// line every few seconds, not one per event.
+#[derive(Debug)]
+pub struct Every {
+    every: std::time::Duration,
+    last: Option<tokio::time::Instant>,
+    held: u64,
+}
+
+impl Every {
+    pub fn new(every: std::time::Duration) -> Every {
+        Every { every, last: None, held: 0 }
+    }
+
+    /// Counts `n` occurrences; when a warning is due, calls `emit` with the total since the last one.
+    pub fn note(&mut self, n: u64, emit: impl FnOnce(u64)) {
+        let now = tokio::time::Instant::now();
+        self.held += n;
+        if self.last.is_none_or(|t| now.duration_since(t) >= self.every) {
+            emit(self.held);
+            self.last = Some(now);
+            self.held = 0;
+        }
+    }
+}
+
 /// Sends each tracing event to journald as one entry with structured fields.
 pub struct JournalLayer {
     journal: JournalLog,
@@ -139,6 +166,20 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_warnings_come_once_per_period_with_the_count() {
+        let mut every = Every::new(std::time::Duration::from_secs(10));
+        let mut said = Vec::new();
+        for _ in 0..5 {
+            every.note(3, |n| said.push(n));
+            tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        }
+        assert_eq!(said, [3], "the first at once, the next four held");
+        tokio::time::advance(std::time::Duration::from_secs(6)).await;
+        every.note(1, |n| said.push(n));
+        assert_eq!(said, [3, 13], "after the period, everything held back is told");
+    }
 
     struct Capture(Arc<Mutex<Vec<EventFields>>>);
     impl<S: tracing::Subscriber> Layer<S> for Capture {

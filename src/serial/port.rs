@@ -281,7 +281,7 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
     let mut frames = FramedRead::with_capacity(reader, codec, READ_CAPACITY.max(port.framing.max_frame() * 2));
     let mut online = false;
     let mut skip = port.skip_first_frames;
-    let mut warn = WarnLimiter::default();
+    let mut warn = crate::logging::Every::new(WARN_EVERY);
     let silence = tokio::time::sleep(port.silence_timeout);
     tokio::pin!(silence);
     let result = loop {
@@ -314,7 +314,7 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
                     FrameEvent::Garbled { reason, bytes } => {
                         bump(&stats.garbled, 1);
                         bump(&stats.bytes_dropped, bytes as u64);
-                        warn.warn(|n| tracing::warn!(port = %port.name, ?reason, bytes, dropped_since_last = n, "garbled input dropped"));
+                        warn.note(1, |n| tracing::warn!(port = %port.name, ?reason, bytes, dropped_since_last = n, "garbled input dropped"));
                         continue;
                     }
                 };
@@ -322,7 +322,7 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
                     Ok(f) => f,
                     Err(e) => {
                         bump(&stats.decode_errors, 1);
-                        warn.warn(|n| tracing::warn!(port = %port.name, error = %e, dropped_since_last = n, "frame could not be decoded; dropped"));
+                        warn.note(1, |n| tracing::warn!(port = %port.name, error = %e, dropped_since_last = n, "frame could not be decoded; dropped"));
                         continue;
                     }
                 };
@@ -357,26 +357,6 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
 async fn availability(tx: &mpsc::Sender<PortEvent>, port: &PortSettings, online: bool) -> bool {
     let ev = PortEvent::Availability { port: port.name.clone(), topic: port.availability_topic.clone(), online };
     tx.send(ev).await.is_ok()
-}
-
-/// Lets one warning through per `WARN_EVERY`, telling how many were held back.
-#[derive(Default)]
-struct WarnLimiter {
-    last: Option<Instant>,
-    held: u64,
-}
-
-impl WarnLimiter {
-    fn warn(&mut self, emit: impl FnOnce(u64)) {
-        let now = Instant::now();
-        if self.last.is_none_or(|t| now.duration_since(t) >= WARN_EVERY) {
-            emit(self.held + 1);
-            self.last = Some(now);
-            self.held = 0;
-        } else {
-            self.held += 1;
-        }
-    }
 }
 
 #[cfg(test)]

@@ -171,6 +171,24 @@ struct Failing {
     carried: Option<Job>,
     /// Messages not queued since the episode began; None while writes work.
     since: Option<u64>,
+    warnings: QueueWarnings,
+}
+
+/// A full queue or expiring messages happen at every commit while the condition lasts (up to 10 a
+/// second): say so at most this often, with the totals, so the journal and the SD card are spared.
+const QUEUE_WARN_EVERY: Duration = Duration::from_secs(10);
+
+struct QueueWarnings {
+    dropped: crate::logging::Every,
+    rejected: crate::logging::Every,
+    expired: crate::logging::Every,
+}
+
+impl Default for QueueWarnings {
+    fn default() -> QueueWarnings {
+        let every = || crate::logging::Every::new(QUEUE_WARN_EVERY);
+        QueueWarnings { dropped: every(), rejected: every(), expired: every() }
+    }
 }
 
 async fn commit(store: &Arc<Store>, batch: Vec<Job>, failing: &mut Failing) {
@@ -220,14 +238,17 @@ async fn commit(store: &Arc<Store>, batch: Vec<Job>, failing: &mut Failing) {
                     "queue writes work again; {lost} messages could not be queued meanwhile"
                 );
             }
+            let w = &mut failing.warnings;
             if out.dropped_oldest > 0 {
-                tracing::warn!(dropped = out.dropped_oldest, "queue full: oldest messages dropped");
+                w.dropped
+                    .note(out.dropped_oldest, |n| tracing::warn!(dropped = n, "queue full: oldest messages dropped"));
             }
             if out.rejected > 0 {
-                tracing::warn!(rejected = out.rejected, "queue full: new messages rejected");
+                w.rejected.note(out.rejected, |n| tracing::warn!(rejected = n, "queue full: new messages rejected"));
             }
             if out.expired > 0 {
-                tracing::warn!(expired = out.expired, "queued messages older than max_age dropped");
+                w.expired
+                    .note(out.expired, |n| tracing::warn!(expired = n, "queued messages older than max_age dropped"));
             }
         }
         Ok(Err(e)) => {
