@@ -256,6 +256,36 @@ async fn queue_full_drops_the_oldest_and_counts_them() {
 }
 
 #[tokio::test]
+async fn max_age_holds_with_no_new_readings_and_across_a_restart() {
+    let mut s = setup().await;
+    let more = "  queue: { max_age: 2s, commit_interval: 10ms }\n";
+    let config = s.config_text(more);
+    s.proxy.set(Link::Refuse);
+
+    // Queued while the link is down, then the gateway stops before they are 2 s old.
+    let gw = start(config_from(&config)).await;
+    write_range(&mut s.pty, 1..=3).await;
+    wait_for("3 accepted", || gw.queue_status().is_some_and(|q| q.accepted == 3)).await;
+    gw.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // At start they are past max_age: dropped before anything is sent.
+    let gw = start(config_from(&config)).await;
+    wait_for("expired at start", || gw.queue_status().is_some_and(|q| q.depth == 0 && q.dropped_age == 3)).await;
+
+    // Queued while running, then nothing more comes: they expire on the idle writer's timer.
+    write_range(&mut s.pty, 4..=6).await;
+    wait_for("3 more accepted", || gw.queue_status().is_some_and(|q| q.accepted == 6 && q.depth == 3)).await;
+    wait_for("expired while idle", || gw.queue_status().is_some_and(|q| q.depth == 0 && q.dropped_age == 6)).await;
+
+    // The link returns: none of them reaches the cloud.
+    s.proxy.set(Link::Pass);
+    wait_for("connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
+    let late = s.sub.next_within(Duration::from_millis(1500)).await;
+    assert!(late.as_ref().is_none_or(|m| m.topic != UP), "an expired reading arrived: {late:?}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_corrupted_record_is_skipped_and_counted_and_the_rest_arrive() {
     let mut s = setup().await;
     let text = s.config_text("");

@@ -118,17 +118,48 @@ pub fn start_writer(
     committed: Arc<Notify>,
 ) -> (Acceptor, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(ACCEPT_CAPACITY);
-    let task = tokio::spawn(write_loop(store, rx, commit_interval, committed));
+    let max_age = upstream.as_ref().map(|u| u.queue.max_age);
+    let task = tokio::spawn(write_loop(store, rx, commit_interval, committed, max_age));
     (Acceptor { tx, upstream }, task)
 }
 
-async fn write_loop(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, every: Duration, committed: Arc<Notify>) {
+/// How often an idle writer looks for messages past `max_age`: a quarter of it, so they go at most
+/// 25% late, but at least every second (a tiny `max_age` must not spin) and at most every minute
+/// (a look is a snapshot read; a commit happens only when something expired).
+fn expiry_check(max_age: Duration) -> Duration {
+    (max_age / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
+async fn write_loop(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<Job>,
+    every: Duration,
+    committed: Arc<Notify>,
+    max_age: Option<Duration>,
+) {
     let mut open = true;
     let mut failing = Failing::default();
     // When the last commit began: the next one starts no earlier than `every` after it.
     let mut last_commit = Instant::now() - every;
+    // `max_age` holds with no new readings too (a commit applies it): checked at start, since the
+    // first tick is immediate, and then while idle.
+    let mut expiry = tokio::time::interval(max_age.map_or(Duration::from_secs(60), expiry_check));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while open {
-        let Some(first) = rx.recv().await else { break };
+        let first = tokio::select! {
+            job = rx.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+            _ = expiry.tick(), if max_age.is_some() => {
+                let overdue = max_age.is_some_and(|m| store.status().oldest_age_s.is_some_and(|a| a > m.as_secs_f64()));
+                if overdue {
+                    commit(&store, Vec::new(), &mut failing).await;
+                    committed.notify_one();
+                }
+                continue;
+            }
+        };
         let now = Instant::now();
         let spaced = last_commit + every;
         let mut deadline = if first.urgent() { spaced.max(now) } else { now + ACK_DEFER.max(every) };
