@@ -20,6 +20,9 @@ const EXIT_STATE: u8 = 73;
 /// sysexits EX_TEMPFAIL: anything else; worth a restart.
 const EXIT_OTHER: u8 = 75;
 
+/// How long `simulate` waits for its device to appear.
+const SIMULATE_DEVICE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
@@ -127,9 +130,23 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Simulate { sensor, device, rate, count, baud } => {
             ser2mqtt::logging::init(None);
             use tokio_serial::SerialPortBuilderExt;
-            let port = tokio_serial::new(device.to_string_lossy(), baud)
-                .open_native_async()
-                .with_context(|| format!("cannot open {}", device.display()))?;
+            // A device that does not exist yet is waited for: `socat … link=/tmp/ttyA &` started just
+            // before (the README's example) creates its link a moment later. Ten seconds covers a
+            // loaded machine; anything else (permissions, not a tty) fails at once.
+            let deadline = tokio::time::Instant::now() + SIMULATE_DEVICE_WAIT;
+            let port = loop {
+                match tokio_serial::new(device.to_string_lossy(), baud).open_native_async() {
+                    Ok(port) => break port,
+                    Err(e)
+                        if (e.kind == tokio_serial::ErrorKind::NoDevice
+                            || matches!(e.kind, tokio_serial::ErrorKind::Io(std::io::ErrorKind::NotFound)))
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                    }
+                    Err(e) => return Err(e).with_context(|| format!("cannot open {}", device.display())),
+                }
+            };
             let stop = CancellationToken::new();
             let s = stop.clone();
             tokio::spawn(async move {

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use rumqttc::QoS;
 use tokio::io::AsyncReadExt;
@@ -90,6 +91,27 @@ async fn simulate_writes_valid_sds011_frames_to_a_device() {
         assert_eq!((f[0], f[1], f[9]), (0xAA, 0xC0, 0xAB));
         assert_eq!(f[2..8].iter().fold(0u8, |a, b| a.wrapping_add(*b)), f[8]);
     }
+}
+
+#[tokio::test]
+async fn simulate_waits_for_a_device_that_appears_a_moment_later() {
+    // As in the README: `socat … link=/tmp/ttyA &` then at once `ser2mqtt simulate --device /tmp/ttyA`.
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyA");
+    let child = Command::new(BIN)
+        .args(["simulate", "--sensor", "sds011", "--rate", "0", "--count", "2", "--device"])
+        .arg(&link)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut p = pty();
+    std::os::unix::fs::symlink(&p.path, &link).unwrap();
+    let mut buf = [0u8; 20];
+    tokio::time::timeout(WAIT, p.master.read_exact(&mut buf)).await.expect("frames in time").unwrap();
+    assert_eq!((buf[0], buf[1], buf[9]), (0xAA, 0xC0, 0xAB));
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
