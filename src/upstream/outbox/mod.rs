@@ -24,6 +24,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use tokio::time::Instant;
 
 use crate::store::{Queued, Record};
+use budget::ReplayBudget;
+pub use types::{Read, Send, Side, Stage, StageChange};
+
+mod acks;
+mod budget;
+mod types;
 
 /// Packet ids this client uses (1..=PKID_SPACE). More than twice the largest window (1,000), so a
 /// free id is always at hand; small enough that the release sweep after a restart is 8 KiB.
@@ -39,74 +45,11 @@ pub const QOS2_WINDOW: usize = 10;
 /// memory, not with a store read per message.
 pub const READ_CHUNK: usize = 256;
 
-/// How far a QoS 2 message has got; what the store keeps of it (`stage` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Stage {
-    /// PUBLISH sent, no PUBREC yet.
-    Published = 1,
-    /// PUBREC received and PUBREL sent, no PUBCOMP yet.
-    Released = 2,
-}
-
-impl Stage {
-    pub fn from_db(v: i64) -> Option<Stage> {
-        match v {
-            1 => Some(Stage::Published),
-            2 => Some(Stage::Released),
-            _ => None,
-        }
-    }
-}
-
-/// A QoS 2 message's packet id and stage, for the store to commit with the queue (stage None: the
-/// message went back to unsent, e.g. after the broker lost the session).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StageChange {
-    pub id: i64,
-    pub pkid: u16,
-    pub stage: Option<Stage>,
-}
-
-/// What the link must put on the wire.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Send {
-    /// `pkid` is 0 at QoS 0.
-    Publish {
-        pkid: u16,
-        dup: bool,
-        record: Record,
-    },
-    PubRel {
-        pkid: u16,
-    },
-    /// Downlink subscriptions: (filter, QoS).
-    Subscribe {
-        pkid: u16,
-        filters: Vec<(String, u8)>,
-    },
-}
-
 /// The gateway's own packets that need an id: sent after what is owed, as soon as an id is free.
 #[derive(Debug, Clone)]
 enum Control {
     Status(Record),
     Subscribe(Vec<(String, u8)>),
-}
-
-/// Which cursor a store read is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Live,
-    Replay,
-}
-
-/// A store read the outbox needs: queued rows with `after < id < before`, at most `limit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Read {
-    pub side: Side,
-    pub after: i64,
-    pub before: i64,
-    pub limit: usize,
 }
 
 /// What holds a packet id.
@@ -125,8 +68,6 @@ enum Flight {
 pub struct Outbox {
     /// Most queued messages sent and not yet acknowledged.
     window: usize,
-    /// Backlog messages per second.
-    replay_rate: f64,
     /// Where the search for a free packet id starts.
     next_pkid: u16,
     /// Each id in use, with the sequence number it was taken at (to resend in the original order).
@@ -165,19 +106,14 @@ pub struct Outbox {
     /// Resent backlog messages acknowledged before the replay cursor reached them (the store deletes
     /// them only with its next commit): the replay skips them as done.
     done_ahead: HashSet<i64>,
-    tokens: f64,
-    refilled: Instant,
-    /// Live messages deferred behind their topic's backlog since the replay began. The replay sends
-    /// one of these free of `replay_rate`: the limit is on catching up, not on keeping up, or a
-    /// gateway reading faster than `replay_rate` would never drain a backlog once it had one.
-    deferred_credit: u64,
+    /// How many backlog messages the replay may send now (`replay_rate`).
+    budget: ReplayBudget,
 }
 
 impl Outbox {
     pub fn new(window: u16, replay_rate: u32, now: Instant) -> Outbox {
         Outbox {
             window: window.max(1) as usize,
-            replay_rate: replay_rate.max(1) as f64,
             next_pkid: 1,
             flights: HashMap::new(),
             seq: 0,
@@ -199,9 +135,7 @@ impl Outbox {
             backlog: HashMap::new(),
             sent_live: HashSet::new(),
             done_ahead: HashSet::new(),
-            tokens: 0.0,
-            refilled: now,
-            deferred_credit: 0,
+            budget: ReplayBudget::new(replay_rate, now),
         }
     }
 
@@ -272,10 +206,7 @@ impl Outbox {
         self.replay_buf.clear();
         self.sent_live.clear();
         self.done_ahead.clear();
-        // One token to start with: the first backlog message need not wait a whole period.
-        self.tokens = 1.0;
-        self.refilled = now;
-        self.deferred_credit = 0;
+        self.budget.restart(now);
         self.backlog = backlog;
         self.backlog.retain(|_, n| *n > 0);
         self.replay_pos = if self.backlog.is_empty() { None } else { Some(0) };
@@ -382,12 +313,6 @@ impl Outbox {
         self.flights.len() < PKID_SPACE as usize
     }
 
-    pub fn suback(&mut self, pkid: u16) {
-        if matches!(self.flights.get(&pkid), Some((_, Flight::Subscribe))) {
-            self.flights.remove(&pkid);
-        }
-    }
-
     /// A QoS 2 message not yet in flight while `QOS2_WINDOW` are.
     fn waits_for_qos2_slot(&self, q: &Queued) -> bool {
         q.record.qos == 2 && self.flying_qos2 >= QOS2_WINDOW && !self.flying.contains(&q.id)
@@ -450,7 +375,7 @@ impl Outbox {
             if behind_backlog {
                 // Same topic still has older messages to replay: it goes out with them, in order.
                 *self.backlog.entry(q.record.topic.clone()).or_default() += 1;
-                self.deferred_credit += 1;
+                self.budget.deferred();
                 continue;
             }
             if self.replay_pos.is_some() {
@@ -461,11 +386,8 @@ impl Outbox {
         // Replay: oldest first, at most `replay_rate` per second, never past what the live side has
         // looked at, so deferred live messages are sent by the replay, in order.
         self.replay_pos?;
-        // At most a fifth of a second's worth saved up, so a replay does not start with a burst.
-        let cap = (self.replay_rate / 5.0).max(1.0);
-        self.tokens = (self.tokens + self.replay_rate * now.duration_since(self.refilled).as_secs_f64()).min(cap);
-        self.refilled = now;
-        while self.room() && (self.tokens >= 1.0 || self.deferred_credit > 0) {
+        self.budget.refill(now);
+        while self.room() && self.budget.allows() {
             let q = self.replay_buf.pop_front()?;
             if self.waits_for_qos2_slot(&q) {
                 self.replay_buf.push_front(q);
@@ -485,11 +407,7 @@ impl Outbox {
                 topic_done(&mut self.backlog, &q.record.topic);
                 continue;
             }
-            if self.deferred_credit > 0 {
-                self.deferred_credit -= 1;
-            } else {
-                self.tokens -= 1.0;
-            }
+            self.budget.spend();
             topic_done(&mut self.backlog, &q.record.topic);
             return Some(self.launch(q));
         }
@@ -498,76 +416,12 @@ impl Outbox {
 
     /// When the replay rate next allows a message (for the link's timer), if it is waiting on it.
     pub fn replay_wakeup(&self, now: Instant) -> Option<Instant> {
-        if self.replay_pos.is_none() || self.tokens >= 1.0 || self.deferred_credit > 0 || !self.room() {
+        if self.replay_pos.is_none() || !self.room() {
             return None;
         }
-        let secs = (1.0 - self.tokens) / self.replay_rate;
-        Some(self.refilled.max(now) + std::time::Duration::from_secs_f64(secs))
-    }
-
-    fn finish(&mut self, pkid: u16) {
-        if let Some((_, Flight::Data { id, record, .. })) = self.flights.remove(&pkid) {
-            self.flying.remove(&id);
-            if record.qos == 2 {
-                self.flying_qos2 -= 1;
-            }
-            self.acked.push(id);
-            // Not yet dealt with by the replay (maybe already read into its buffer): it must skip it.
-            if self.replay_pos.is_some() && id > self.replay_seen && !self.sent_live.contains(&id) {
-                self.done_ahead.insert(id);
-            }
-        }
-    }
-
-    /// PUBACK: a QoS 1 message (or status message) is delivered. Returns whether the id was ours.
-    pub fn puback(&mut self, pkid: u16) -> bool {
-        match self.flights.get(&pkid) {
-            Some((_, Flight::Data { record, .. })) if record.qos == 1 => {
-                self.finish(pkid);
-                true
-            }
-            Some((_, Flight::Status)) => {
-                self.flights.remove(&pkid);
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// PUBREC: the broker has a QoS 2 message; the PUBREL to send back. An id we do not know is
-    /// released too: only the broker can be holding it.
-    pub fn pubrec(&mut self, pkid: u16) -> Send {
-        if let Some((_, Flight::Data { id, stage, record })) = self.flights.get_mut(&pkid) {
-            if record.qos == 2 && *stage == Stage::Published {
-                *stage = Stage::Released;
-                self.stages.push(StageChange { id: *id, pkid, stage: Some(Stage::Released) });
-            }
-        }
-        Send::PubRel { pkid }
-    }
-
-    /// PUBCOMP: a QoS 2 message is delivered (or a sweep id released).
-    pub fn pubcomp(&mut self, pkid: u16) {
-        match self.flights.get(&pkid) {
-            Some((_, Flight::Data { stage: Stage::Released, .. })) => self.finish(pkid),
-            Some((_, Flight::Release)) => {
-                self.flights.remove(&pkid);
-            }
-            _ => {}
-        }
-    }
-
-    /// Queue ids acknowledged since the last call (the store may delete them).
-    pub fn take_acked(&mut self) -> Vec<i64> {
-        std::mem::take(&mut self.acked)
-    }
-
-    /// QoS 2 stage changes since the last call (the store commits them with the queue).
-    pub fn take_stages(&mut self) -> Vec<StageChange> {
-        std::mem::take(&mut self.stages)
+        self.budget.next_allowed(now)
     }
 }
 
 #[cfg(test)]
-#[path = "outbox_tests.rs"]
 mod tests;
