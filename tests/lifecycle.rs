@@ -82,14 +82,29 @@ async fn ready_then_keepalives_while_healthy_none_once_the_broker_dies_and_stopp
     task.await.unwrap();
 }
 
-#[tokio::test]
-async fn a_bad_file_is_refused_and_the_running_configuration_keeps_publishing() {
+/// A gateway started from `ser2mqtt.yaml` in its own directory (one port `a`, maps under `a/`), with a
+/// subscriber to everything.
+struct FromFile {
+    _dir: tempfile::TempDir,
+    file: std::path::PathBuf,
+    p: Pty,
+    gw: Gateway,
+    sub: Subscriber,
+}
+
+async fn from_file() -> FromFile {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ser2mqtt.yaml");
-    let mut p = pty();
+    let p = pty();
     std::fs::write(&file, yaml(&p.path, "a", None)).unwrap();
-    let mut gw = start(ser2mqtt::config::load(&file).unwrap()).await;
-    let mut sub = subscribe(addr(&gw), &[("#", QoS::AtLeastOnce)]).await;
+    let gw = start(ser2mqtt::config::load(&file).unwrap()).await;
+    let sub = subscribe(addr(&gw), &[("#", QoS::AtLeastOnce)]).await;
+    FromFile { _dir: dir, file, p, gw, sub }
+}
+
+#[tokio::test]
+async fn a_bad_file_is_refused_and_the_running_configuration_keeps_publishing() {
+    let FromFile { _dir, file, mut p, mut gw, mut sub } = from_file().await;
 
     std::fs::write(&file, yaml(&p.path, "a", None).replace("type: lines", "type: line")).unwrap();
     let refused = supervisor::reload(&mut gw, &file).await;
@@ -207,12 +222,7 @@ async fn a_port_whose_settings_changed_is_restarted_on_its_new_device() {
 
 #[tokio::test]
 async fn renaming_the_gateway_on_reload_moves_nothing_and_asks_for_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("ser2mqtt.yaml");
-    let mut p = pty();
-    std::fs::write(&file, yaml(&p.path, "a", None)).unwrap();
-    let mut gw = start(ser2mqtt::config::load(&file).unwrap()).await;
-    let mut sub = subscribe(addr(&gw), &[("#", QoS::AtLeastOnce)]).await;
+    let FromFile { _dir, file, mut p, mut gw, mut sub } = from_file().await;
 
     std::fs::write(&file, yaml(&p.path, "renamed", None).replace("name: gw", "name: other")).unwrap();
     let refused = supervisor::reload(&mut gw, &file).await;
