@@ -9,9 +9,8 @@ use serde::Deserialize;
 pub struct Qos(u8);
 
 impl Qos {
-    pub const AT_MOST_ONCE: Qos = Qos(0);
+    /// The forward and downlink rules' default.
     pub const AT_LEAST_ONCE: Qos = Qos(1);
-    pub const EXACTLY_ONCE: Qos = Qos(2);
 }
 
 impl TryFrom<u8> for Qos {
