@@ -4,32 +4,30 @@
 
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
-use ser2mqtt::bytes::ByteOrder;
-use ser2mqtt::serial::framing::{FrameCodec, FrameEvent, FramingSpec, LengthCounts, LengthField};
+use ser2mqtt::bytes::{ByteOrder, HexBytes};
+use ser2mqtt::serial::framing::{Fixed, FrameCodec, FrameEvent, Framing, LengthCounts, LengthPrefixed, Lines, Markers};
 use tokio_util::codec::Decoder;
 
-fn spec(pick: u8) -> FramingSpec {
+fn spec(pick: u8) -> Framing {
     match pick % 5 {
-        0 => FramingSpec::Lines { delimiter: b"\r\n".to_vec(), max_length: 40 },
-        1 => FramingSpec::Fixed { length: 10, header: vec![0xAA, 0xC0], trailer: vec![0xAB] },
-        2 => FramingSpec::Markers { start: vec![0x7E], end: vec![0x7E], escape: Some(0x7D), max_length: 32 },
-        3 => FramingSpec::Markers { start: b"<".to_vec(), end: b">\n".to_vec(), escape: None, max_length: 32 },
-        _ => FramingSpec::LengthPrefixed {
-            header: vec![0x42, 0x4D],
-            length: LengthField {
-                offset: 2,
-                width: 2,
-                order: if pick & 0x80 == 0 { ByteOrder::Big } else { ByteOrder::Little },
-                counts: if pick & 0x40 == 0 { LengthCounts::Rest } else { LengthCounts::Frame },
-                adjust: (pick & 0x0F) as i64 - 4,
-            },
+        0 => Framing::Lines(Lines { delimiter: "\r\n".into(), max_length: 40 }),
+        1 => Framing::Fixed(Fixed { length: 10, header: HexBytes(vec![0xAA, 0xC0]), trailer: HexBytes(vec![0xAB]) }),
+        2 => Framing::Markers(Markers { start: HexBytes(vec![0x7E]), end: HexBytes(vec![0x7E]), escape: Some(0x7D), max_length: 32 }),
+        3 => Framing::Markers(Markers { start: HexBytes(b"<".to_vec()), end: HexBytes(b">\n".to_vec()), escape: None, max_length: 32 }),
+        _ => Framing::LengthPrefixed(LengthPrefixed {
+            header: HexBytes(vec![0x42, 0x4D]),
+            length_offset: 2,
+            length_width: 2,
+            length_byte_order: if pick & 0x80 == 0 { ByteOrder::Big } else { ByteOrder::Little },
+            length_counts: if pick & 0x40 == 0 { LengthCounts::Rest } else { LengthCounts::Frame },
+            length_adjust: (pick & 0x0F) as i64 - 4,
             max_length: 40,
-        },
+        }),
     }
 }
 
 /// Frames, garbled count and dropped bytes, feeding `input` in pieces of the given sizes.
-fn run(spec: &FramingSpec, input: &[u8], pieces: &[u8]) -> (Vec<Bytes>, usize, usize) {
+fn run(spec: &Framing, input: &[u8], pieces: &[u8]) -> (Vec<Bytes>, usize, usize) {
     let mut codec = FrameCodec::new(spec.clone(), None);
     let mut buf = BytesMut::new();
     let (mut frames, mut garbled, mut dropped) = (Vec::new(), 0, 0);
@@ -66,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     let spec = spec(pick);
     let whole = run(&spec, input, &[]);
     assert_eq!(whole, run(&spec, input, pieces), "{spec:?}");
-    if matches!(spec, FramingSpec::Fixed { .. } | FramingSpec::LengthPrefixed { .. }) {
+    if matches!(spec, Framing::Fixed(_) | Framing::LengthPrefixed(_)) {
         let framed: usize = whole.0.iter().map(|f| f.len()).sum();
         assert_eq!(framed + whole.2, input.len(), "{spec:?}: a byte neither framed nor counted");
     }

@@ -172,10 +172,14 @@ pub struct RawPort {
     pub stop_bits: u8,
     #[serde(default)]
     pub flow_control: FlowControl,
-    pub framing: RawFraming,
+    // `framing`, `checksum` and `decoder` are read on their own (`serial::framing::Framing`,
+    // `ChecksumSettings`, `DecoderSettings`), so a mistake in one does not hide the others' problems.
     #[serde(default)]
-    pub checksum: Option<ChecksumSettings>,
-    pub decoder: DecoderSettings,
+    pub framing: serde_yaml::Value,
+    #[serde(default)]
+    pub checksum: serde_yaml::Value,
+    #[serde(default)]
+    pub decoder: serde_yaml::Value,
     /// No valid frame for this long marks the port `offline`.
     #[serde(default = "default_silence_timeout", with = "humantime_serde")]
     pub silence_timeout: Duration,
@@ -209,70 +213,6 @@ fn default_availability_topic() -> String {
 fn default_reopen_max() -> Duration {
     // A re-plugged USB adapter is back within seconds; 30 s keeps a missing one from spamming logs.
     Duration::from_secs(30)
-}
-
-/// Bytes written in YAML either as a list of numbers (`[0x42, 0x4D]`) or a hex string (`"42 4D"`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum RawBytes {
-    List(Vec<u8>),
-    Hex(String),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawFraming {
-    /// Text or binary records ended by a delimiter (`"\n"`, `"\r\n"`, …); the delimiter is removed.
-    Lines {
-        #[serde(default = "default_delimiter")]
-        delimiter: String,
-        #[serde(default = "default_max_line")]
-        max_length: usize,
-    },
-    /// Every frame has the same length, optionally starting with a header and ending with a trailer
-    /// (both used to find frame boundaries again after garbage).
-    Fixed {
-        length: usize,
-        #[serde(default)]
-        header: Option<RawBytes>,
-        #[serde(default)]
-        trailer: Option<RawBytes>,
-    },
-    /// A frame runs from a start marker to an end marker; an escape byte makes the next byte literal.
-    Markers {
-        start: RawBytes,
-        end: RawBytes,
-        #[serde(default)]
-        escape: Option<u8>,
-        #[serde(default = "default_max_line")]
-        max_length: usize,
-    },
-    /// A header, then a length field saying how long the frame is.
-    LengthPrefixed {
-        header: RawBytes,
-        /// Offset of the length field from the start of the frame.
-        length_offset: usize,
-        /// 1, 2 or 4 bytes.
-        length_width: u8,
-        #[serde(default)]
-        length_byte_order: ByteOrder,
-        /// What the length counts: the bytes after the length field (`rest`) or the whole frame.
-        #[serde(default)]
-        length_counts: LengthCounts,
-        /// Added to the length to get the real size (e.g. a trailing checksum it does not count).
-        #[serde(default)]
-        length_adjust: i64,
-        #[serde(default = "default_max_line")]
-        max_length: usize,
-    },
-}
-
-fn default_delimiter() -> String {
-    "\n".into()
-}
-fn default_max_line() -> usize {
-    // Longer than any sensor line we know (NMEA is 82), short enough that garbage cannot grow memory.
-    512
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -22,7 +22,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::checksum::Checksum;
-use super::framing::FramingSpec;
+use super::framing::Framing;
 use super::framing::{FrameCodec, FrameEvent};
 use crate::decode::FrameDecoder;
 use crate::decode::Reading;
@@ -37,7 +37,7 @@ pub struct PortSettings {
     pub parity: Parity,
     pub stop_bits: tokio_serial::StopBits,
     pub flow_control: FlowControl,
-    pub framing: FramingSpec,
+    pub framing: Framing,
     pub checksum: Option<Checksum>,
     pub decoder: Arc<FrameDecoder>,
     pub silence_timeout: Duration,

@@ -28,7 +28,6 @@ use crate::local_broker::front::FrontLimits;
 use crate::local_broker::settings::{
     default_front_limits, DEFAULT_MAX_QUEUE_LEN, DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_SESSIONS,
 };
-use crate::serial::framing::FramingSpec;
 use crate::topic_map::{Template, TopicMap, When, BUILTIN_PLACEHOLDERS};
 
 pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
@@ -144,28 +143,132 @@ fn unknown_key_message(name: &str, valid: &[&str]) -> String {
     crate::settings::unknown("key", name, valid)
 }
 
-/// Deserializes one section; on failure records the problem at the exact key and returns None.
+/// Serde stops at a section's first mistake; `section` removes the key it was about and reads the
+/// section again, so one run of `check` shows them all. The bound only stops a runaway loop: no
+/// section has this many keys.
+const MAX_PROBLEMS_PER_SECTION: usize = 50;
+
+/// Deserializes one section; records every problem serde finds at its exact key. Keys removed for
+/// their problems fall back to their defaults, so the checks after serde still run on the rest (the
+/// file is refused all the same: any problem refuses it).
 fn section<T: DeserializeOwned>(v: Value, path: &str, p: &mut Problems) -> Option<T> {
-    let v = if v.is_null() { Value::Mapping(Default::default()) } else { v };
-    match serde_path_to_error::deserialize::<_, T>(v) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let mut full = path.to_string();
-            for seg in e.path().iter() {
-                match seg {
-                    serde_path_to_error::Segment::Seq { index } => full.push_str(&format!("[{index}]")),
-                    serde_path_to_error::Segment::Map { key } => {
-                        full.push('.');
-                        full.push_str(key);
-                    }
-                    serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
+    let mut v = if v.is_null() { Value::Mapping(Default::default()) } else { v };
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..MAX_PROBLEMS_PER_SECTION {
+        let e = match serde_path_to_error::deserialize::<_, T>(v.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let mut full = path.to_string();
+        for seg in e.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index } => full.push_str(&format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key } => {
+                    full.push('.');
+                    full.push_str(key);
                 }
+                serde_path_to_error::Segment::Enum { .. } | serde_path_to_error::Segment::Unknown => {}
             }
-            let (at, message) = explain(&full, &e.into_inner().to_string());
-            p.add(&at, message);
-            None
+        }
+        let message = e.into_inner().to_string();
+        let found = quoted_key(&v, &full[path.len()..], &message);
+        // Found below a list inside a tagged enum: serde would report the removed key as the
+        // enum's missing `type`, so stop reading this section here.
+        let nested = found.as_deref().is_some_and(|k| k.contains(['.', '[']));
+        if let Some(key) = found {
+            full = format!("{full}.{key}");
+        }
+        if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            // A key removed for its own problem is missing now: already reported.
+            if !removed.contains(&format!("{full}.{field}")) {
+                let (at, message) = explain(&full, &message);
+                p.add(&at, message);
+            }
+            return None;
+        }
+        let (at, message) = explain(&full, &message);
+        p.add(&at, message);
+        if nested || !remove_at(&mut v, &at[path.len()..]) {
+            return None;
+        }
+        removed.push(at);
+    }
+    None
+}
+
+/// `ports[0].framing` → [("ports", Some(0)), ("framing", None)].
+fn segments(rel: &str) -> impl Iterator<Item = (&str, Option<usize>)> {
+    rel.split('.').filter(|s| !s.is_empty()).map(|part| match part.split_once('[') {
+        Some((k, i)) => (k, i.trim_end_matches(']').parse::<usize>().ok()),
+        None => (part, None),
+    })
+}
+
+fn value_at<'a>(root: &'a Value, rel: &str) -> Option<&'a Value> {
+    segments(rel).try_fold(root, |at, (key, index)| {
+        let at = if key.is_empty() { at } else { at.get(key)? };
+        index.map_or(Some(at), |i| at.get(i))
+    })
+}
+
+/// Removes the mapping key `rel` points at; false if it is not a mapping key (a list item or the
+/// section itself, whose removal would shift or hide everything else).
+fn remove_at(root: &mut Value, rel: &str) -> bool {
+    let Some((parent, key)) = rel.rsplit_once('.') else { return false };
+    if key.contains('[') {
+        return false;
+    }
+    let mut at = root;
+    for (k, index) in segments(parent) {
+        if !k.is_empty() {
+            match at.get_mut(k) {
+                Some(next) => at = next,
+                None => return false,
+            }
+        }
+        if let Some(i) = index {
+            match at.get_mut(i) {
+                Some(next) => at = next,
+                None => return false,
+            }
         }
     }
+    at.as_mapping_mut().and_then(|m| m.remove(key)).is_some()
+}
+
+/// The key under `rel` (a path relative to `root`) whose value the message quotes, as a path
+/// relative to `rel` (`fields[0].type`): a mapping is all serde can point at from inside an
+/// internally tagged enum (`framing:`, `decoder:`).
+fn quoted_key(root: &Value, rel: &str, message: &str) -> Option<String> {
+    let quoted = |text: &str| message.contains(&format!("`{text}`")) || message.contains(&format!("\"{text}\""));
+    fn find(v: &Value, quoted: &dyn Fn(&str) -> bool) -> Option<String> {
+        match v {
+            Value::Mapping(m) => m.iter().find_map(|(k, v)| {
+                let key = k.as_str()?;
+                let text = match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                };
+                match text {
+                    Some(t) => quoted(&t).then(|| key.to_string()),
+                    None => find(v, quoted).map(|sub| {
+                        if sub.starts_with('[') {
+                            format!("{key}{sub}")
+                        } else {
+                            format!("{key}.{sub}")
+                        }
+                    }),
+                }
+            }),
+            Value::Sequence(items) => {
+                items.iter().enumerate().find_map(|(i, v)| find(v, quoted).map(|sub| format!("[{i}].{sub}")))
+            }
+            _ => None,
+        }
+    }
+    find(value_at(root, rel)?, &quoted)
 }
 
 /// Rewrites serde's message into one that says what would be valid; returns the path to point at.
@@ -188,9 +291,6 @@ fn explain(path: &str, message: &str) -> (String, String) {
             };
             return (at, format!("unknown {what} `{typed}`{hint} (valid: {list})"));
         }
-    }
-    if message.contains("did not match any variant of untagged enum RawBytes") {
-        return (path.into(), "expected bytes: a list like [0x42, 0x4D] or a hex string like \"42 4D\"".into());
     }
     if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
         let what = if field == "type" { " (the kind of framing or decoder)" } else { "" };
@@ -259,18 +359,4 @@ fn render_fixed(text: &str, path: &str, vars: &[(&str, &str)], p: &mut Problems)
 
 fn braces(names: &[&str]) -> String {
     names.iter().map(|n| format!("`{{{n}}}`")).collect::<Vec<_>>().join(", ")
-}
-
-fn bytes(raw: &RawBytes, path: &str, p: &mut Problems) -> Vec<u8> {
-    match raw {
-        RawBytes::List(v) => v.clone(),
-        RawBytes::Hex(s) => {
-            let digits: String = s.split_whitespace().map(|w| w.trim_start_matches("0x")).collect();
-            if digits.len() % 2 == 1 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-                p.add(path, format!("`{s}` is not hex bytes, e.g. \"42 4D\""));
-                return Vec::new();
-            }
-            (0..digits.len()).step_by(2).map(|i| u8::from_str_radix(&digits[i..i + 2], 16).unwrap_or(0)).collect()
-        }
-    }
 }

@@ -4,7 +4,7 @@
 use tokio_serial::{DataBits, StopBits};
 
 use super::*;
-use crate::serial::framing::LengthField;
+use crate::serial::framing::Framing;
 use crate::serial::port::Device;
 
 pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> Option<PortSettings> {
@@ -37,11 +37,24 @@ pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Pro
     if raw.silence_timeout.is_zero() || raw.reopen_backoff_max.is_zero() {
         p.add(path, "`silence_timeout` and `reopen_backoff_max` must be longer than 0s");
     }
-    let framing = resolve_framing(&raw.framing, &format!("{path}.framing"), p);
-    let checksum = raw.checksum.as_ref().and_then(|c| c.resolve());
-    let mut found = crate::settings::Problems::default();
-    let decoder = raw.decoder.resolve(framing.as_ref().map(FramingSpec::max_frame), &mut found);
-    place(p, &format!("{path}.decoder"), found);
+    let framing = required::<Framing>(&raw.framing, &format!("{path}.framing"), "framing", p).filter(|f| {
+        let mut found = crate::settings::Problems::default();
+        f.check(&mut found);
+        let ok = found.is_empty();
+        place(p, &format!("{path}.framing"), found);
+        ok
+    });
+    let checksum = if raw.checksum.is_null() {
+        None
+    } else {
+        section::<ChecksumSettings>(raw.checksum.clone(), &format!("{path}.checksum"), p).and_then(|c| c.resolve())
+    };
+    let decoder = required::<DecoderSettings>(&raw.decoder, &format!("{path}.decoder"), "decoder", p).and_then(|d| {
+        let mut found = crate::settings::Problems::default();
+        let decoder = d.resolve(framing.as_ref().map(Framing::max_frame), &mut found);
+        place(p, &format!("{path}.decoder"), found);
+        decoder
+    });
     let availability_topic = render_fixed(
         &raw.availability_topic,
         &format!("{path}.availability_topic"),
@@ -70,77 +83,12 @@ pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Pro
     })
 }
 
-/// Frames larger than this are refused at load time: a UART frame of 64 KiB is a mistake.
-const MAX_FRAME_LIMIT: usize = 65536;
-
-fn resolve_framing(raw: &RawFraming, path: &str, p: &mut Problems) -> Option<FramingSpec> {
-    let start = p.count();
-    let max_ok = |max: usize, p: &mut Problems| {
-        if max == 0 || max > MAX_FRAME_LIMIT {
-            p.add(&format!("{path}.max_length"), format!("must be between 1 and {MAX_FRAME_LIMIT}"));
-        }
-    };
-    let spec = match raw {
-        RawFraming::Lines { delimiter, max_length } => {
-            if delimiter.is_empty() {
-                p.add(&format!("{path}.delimiter"), "must not be empty; write \"\\n\" or \"\\r\\n\" in double quotes");
-            }
-            max_ok(*max_length, p);
-            FramingSpec::Lines { delimiter: delimiter.as_bytes().to_vec(), max_length: *max_length }
-        }
-        RawFraming::Fixed { length, header, trailer } => {
-            let header = header.as_ref().map(|h| bytes(h, &format!("{path}.header"), p)).unwrap_or_default();
-            let trailer = trailer.as_ref().map(|t| bytes(t, &format!("{path}.trailer"), p)).unwrap_or_default();
-            if *length == 0 || *length > MAX_FRAME_LIMIT || header.len() + trailer.len() > *length {
-                p.add(
-                    &format!("{path}.length"),
-                    format!("must be 1..={MAX_FRAME_LIMIT} and fit the header and trailer"),
-                );
-            }
-            FramingSpec::Fixed { length: *length, header, trailer }
-        }
-        RawFraming::Markers { start: s, end, escape, max_length } => {
-            let s = bytes(s, &format!("{path}.start"), p);
-            let end = bytes(end, &format!("{path}.end"), p);
-            if s.is_empty() || end.is_empty() {
-                p.add(path, "`start` and `end` markers must not be empty");
-            }
-            max_ok(*max_length, p);
-            FramingSpec::Markers { start: s, end, escape: *escape, max_length: *max_length }
-        }
-        RawFraming::LengthPrefixed {
-            header,
-            length_offset,
-            length_width,
-            length_byte_order,
-            length_counts,
-            length_adjust,
-            max_length,
-        } => {
-            let before = p.count();
-            let header = bytes(header, &format!("{path}.header"), p);
-            if header.is_empty() && p.count() == before {
-                p.add(
-                    &format!("{path}.header"),
-                    "must not be empty: the header is how frames are found again after garbage",
-                );
-            }
-            if ![1, 2, 4].contains(length_width) {
-                p.add(&format!("{path}.length_width"), format!("{length_width} is not valid: use 1, 2 or 4"));
-            }
-            max_ok(*max_length, p);
-            FramingSpec::LengthPrefixed {
-                header,
-                length: LengthField {
-                    offset: *length_offset,
-                    width: *length_width as usize,
-                    order: *length_byte_order,
-                    counts: *length_counts,
-                    adjust: *length_adjust,
-                },
-                max_length: *max_length,
-            }
-        }
-    };
-    (p.count() == start).then_some(spec)
+/// A sub-section a port cannot do without: its absence is named as such, not as a missing `type`.
+fn required<T: serde::de::DeserializeOwned>(v: &Value, path: &str, key: &str, p: &mut Problems) -> Option<T> {
+    if v.is_null() {
+        let parent = path.rsplit_once('.').map_or(path, |(parent, _)| parent);
+        p.add(parent, format!("missing key `{key}`"));
+        return None;
+    }
+    section(v.clone(), path, p)
 }

@@ -6,8 +6,8 @@ use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use tokio_util::codec::Decoder;
 
-use super::{FrameCodec, FrameEvent, FramingSpec, LengthCounts, LengthField};
-use crate::bytes::ByteOrder;
+use super::{Fixed, FrameCodec, FrameEvent, Framing, LengthCounts, LengthPrefixed, Lines, Markers};
+use crate::bytes::{ByteOrder, HexBytes};
 
 /// What a reader makes of the events: frames in order, garbled-frame count, dropped bytes.
 #[derive(Debug, PartialEq)]
@@ -18,7 +18,7 @@ struct Outcome {
 }
 
 /// Feeds `input` cut at `cuts` (offsets, any order, out-of-range ones clamped), then ends the stream.
-fn run(spec: &FramingSpec, input: &[u8], cuts: &[usize]) -> Outcome {
+fn run(spec: &Framing, input: &[u8], cuts: &[usize]) -> Outcome {
     let mut at: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
     at.extend([0, input.len()]);
     at.sort_unstable();
@@ -52,23 +52,37 @@ fn run(spec: &FramingSpec, input: &[u8], cuts: &[usize]) -> Outcome {
 const PMS_HEADER: [u8; 2] = [0x42, 0x4D];
 
 /// One spec of each kind, shaped like the sensors in SENSORS.md.
-fn specs() -> Vec<FramingSpec> {
+fn specs() -> Vec<Framing> {
     vec![
-        FramingSpec::Lines { delimiter: b"\r\n".to_vec(), max_length: 40 },
-        FramingSpec::Fixed { length: 10, header: vec![0xAA, 0xC0], trailer: vec![0xAB] },
-        FramingSpec::Markers { start: vec![0x7E], end: vec![0x7E], escape: Some(0x7D), max_length: 32 },
-        FramingSpec::Markers { start: b"<".to_vec(), end: b">\n".to_vec(), escape: None, max_length: 32 },
+        Framing::Lines(Lines { delimiter: "\r\n".into(), max_length: 40 }),
+        Framing::Fixed(Fixed { length: 10, header: HexBytes(vec![0xAA, 0xC0]), trailer: HexBytes(vec![0xAB]) }),
+        Framing::Markers(Markers {
+            start: HexBytes(vec![0x7E]),
+            end: HexBytes(vec![0x7E]),
+            escape: Some(0x7D),
+            max_length: 32,
+        }),
+        Framing::Markers(Markers {
+            start: HexBytes(b"<".to_vec()),
+            end: HexBytes(b">\n".to_vec()),
+            escape: None,
+            max_length: 32,
+        }),
         length_prefixed(),
     ]
 }
 
 /// PMS5003-like: `42 4D`, a big-endian length of the rest, at most 40 bytes in all.
-fn length_prefixed() -> FramingSpec {
-    FramingSpec::LengthPrefixed {
-        header: PMS_HEADER.to_vec(),
-        length: LengthField { offset: 2, width: 2, order: ByteOrder::Big, counts: LengthCounts::Rest, adjust: 0 },
+fn length_prefixed() -> Framing {
+    Framing::LengthPrefixed(LengthPrefixed {
+        header: HexBytes(PMS_HEADER.to_vec()),
+        length_offset: 2,
+        length_width: 2,
+        length_byte_order: ByteOrder::Big,
+        length_counts: LengthCounts::Rest,
+        length_adjust: 0,
         max_length: 40,
-    }
+    })
 }
 
 /// Bytes drawn mostly from the specs' own delimiters, headers and markers, so that near-misses,
@@ -142,15 +156,20 @@ proptest! {
 
 /// Builds a stream of `items` (payload, garbage) for framing `kind`: returns the spec, the wire bytes,
 /// the frames a reader must see and how many garbage bytes it must count.
-fn build(kind: usize, items: &[(Vec<u8>, Vec<u8>)]) -> (FramingSpec, Vec<u8>, Vec<Bytes>, usize) {
+fn build(kind: usize, items: &[(Vec<u8>, Vec<u8>)]) -> (Framing, Vec<u8>, Vec<Bytes>, usize) {
     let mut wire = Vec::new();
     let mut frames = Vec::new();
     let mut garbage = 0;
     let spec = match kind {
-        0 => FramingSpec::Lines { delimiter: b"\n".to_vec(), max_length: 40 },
-        1 => FramingSpec::Markers { start: vec![0x7E], end: vec![0x7E], escape: Some(0x7D), max_length: 32 },
+        0 => Framing::Lines(Lines { delimiter: "\n".into(), max_length: 40 }),
+        1 => Framing::Markers(Markers {
+            start: HexBytes(vec![0x7E]),
+            end: HexBytes(vec![0x7E]),
+            escape: Some(0x7D),
+            max_length: 32,
+        }),
         2 => length_prefixed(),
-        _ => FramingSpec::Fixed { length: 8, header: vec![0xAA, 0xC0], trailer: vec![0xAB] },
+        _ => Framing::Fixed(Fixed { length: 8, header: HexBytes(vec![0xAA, 0xC0]), trailer: HexBytes(vec![0xAB]) }),
     };
     for (payload, junk) in items {
         match kind {

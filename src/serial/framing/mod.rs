@@ -9,65 +9,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use memchr::memmem;
 use tokio_util::codec::Decoder;
 
-use serde::Deserialize;
-
 use super::checksum::{Checksum, ChecksumError};
-use crate::bytes::{read_uint, ByteOrder};
 
-/// What a length prefix counts: the bytes after the length field, or the whole frame.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LengthCounts {
-    #[default]
-    Rest,
-    Frame,
-}
-
-/// How frames are delimited, resolved from the config.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FramingSpec {
-    Lines { delimiter: Vec<u8>, max_length: usize },
-    Fixed { length: usize, header: Vec<u8>, trailer: Vec<u8> },
-    Markers { start: Vec<u8>, end: Vec<u8>, escape: Option<u8>, max_length: usize },
-    LengthPrefixed { header: Vec<u8>, length: LengthField, max_length: usize },
-}
-
-/// Where a length-prefixed frame says how long it is, and how to read it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LengthField {
-    /// Offset of the field from the start of the frame.
-    pub offset: usize,
-    /// 1, 2 or 4 bytes.
-    pub width: usize,
-    pub order: ByteOrder,
-    pub counts: LengthCounts,
-    /// Added to the value to get the real size (e.g. a trailing checksum it does not count).
-    pub adjust: i64,
-}
-
-impl LengthField {
-    /// The whole frame's length as the field says it, once `buf` holds the field.
-    fn frame_len(&self, buf: &[u8]) -> Option<i64> {
-        let end = self.offset + self.width;
-        let field = read_uint(buf.get(self.offset..end)?, self.order) as i64;
-        Some(match self.counts {
-            LengthCounts::Rest => end as i64 + field + self.adjust,
-            LengthCounts::Frame => field + self.adjust,
-        })
-    }
-}
-
-impl FramingSpec {
-    /// The largest frame this framing can produce.
-    pub fn max_frame(&self) -> usize {
-        match self {
-            FramingSpec::Lines { max_length, .. }
-            | FramingSpec::Markers { max_length, .. }
-            | FramingSpec::LengthPrefixed { max_length, .. } => *max_length,
-            FramingSpec::Fixed { length, .. } => *length,
-        }
-    }
-}
+mod settings;
+pub use settings::{Fixed, Framing, LengthCounts, LengthPrefixed, Lines, Markers};
 
 /// Why bytes were thrown away.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,7 +43,7 @@ pub enum FrameEvent {
 /// A framing codec with an optional checksum check.
 #[derive(Debug)]
 pub struct FrameCodec {
-    spec: FramingSpec,
+    spec: Framing,
     cutter: Cutter,
 }
 
@@ -113,7 +58,7 @@ struct Cutter {
 }
 
 impl FrameCodec {
-    pub fn new(spec: FramingSpec, checksum: Option<Checksum>) -> FrameCodec {
+    pub fn new(spec: Framing, checksum: Option<Checksum>) -> FrameCodec {
         FrameCodec { spec, cutter: Cutter { checksum, discarding: false, resyncing: false } }
     }
 }
@@ -275,18 +220,13 @@ impl Cutter {
         None
     }
 
-    fn decode_length_prefixed(
-        &mut self,
-        buf: &mut BytesMut,
-        header: &[u8],
-        length: &LengthField,
-        max: usize,
-    ) -> Option<FrameEvent> {
+    fn decode_length_prefixed(&mut self, buf: &mut BytesMut, length: &LengthPrefixed) -> Option<FrameEvent> {
+        let header = &length.header;
         if let Some(ev) = self.sync(buf, header.len(), memmem::find(buf, header)) {
             return Some(ev);
         }
         let total = length.frame_len(buf)?;
-        if total < (length.offset + length.width) as i64 || total > max as i64 {
+        if total < length.field_end() as i64 || total > length.max_length as i64 {
             return Some(self.reject(buf, Garble::TooLong));
         }
         let total = total as usize;
@@ -312,14 +252,10 @@ impl Decoder for FrameCodec {
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<FrameEvent>, std::io::Error> {
         let FrameCodec { spec, cutter } = self;
         Ok(match spec {
-            FramingSpec::Lines { delimiter, max_length } => cutter.decode_lines(buf, delimiter, *max_length),
-            FramingSpec::Fixed { length, header, trailer } => cutter.decode_fixed(buf, *length, header, trailer),
-            FramingSpec::Markers { start, end, escape, max_length } => {
-                cutter.decode_markers(buf, start, end, *escape, *max_length)
-            }
-            FramingSpec::LengthPrefixed { header, length, max_length } => {
-                cutter.decode_length_prefixed(buf, header, length, *max_length)
-            }
+            Framing::Lines(l) => cutter.decode_lines(buf, l.delimiter.as_bytes(), l.max_length),
+            Framing::Fixed(f) => cutter.decode_fixed(buf, f.length, &f.header, &f.trailer),
+            Framing::Markers(m) => cutter.decode_markers(buf, &m.start, &m.end, m.escape, m.max_length),
+            Framing::LengthPrefixed(l) => cutter.decode_length_prefixed(buf, l),
         })
     }
 
@@ -341,7 +277,7 @@ mod tests {
     use super::*;
 
     /// Feeds `input` in chunks of `chunk` bytes, as reads from a UART would deliver it.
-    fn cut(spec: FramingSpec, input: &[u8], chunk: usize) -> Vec<FrameEvent> {
+    fn cut(spec: Framing, input: &[u8], chunk: usize) -> Vec<FrameEvent> {
         let mut codec = FrameCodec::new(spec, None);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
@@ -364,8 +300,8 @@ mod tests {
             .sum()
     }
 
-    fn lines(max_length: usize) -> FramingSpec {
-        FramingSpec::Lines { delimiter: b"\n".to_vec(), max_length }
+    fn lines(max_length: usize) -> Framing {
+        Framing::Lines(Lines { delimiter: "\n".into(), max_length })
     }
 
     #[test]
@@ -391,5 +327,4 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "framing_props.rs"]
 mod props;
