@@ -3,7 +3,6 @@
 //! because nothing else in the configuration refers to them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -14,6 +13,7 @@ use crate::local_broker::acl::check_filter;
 use crate::qos::Qos;
 pub use crate::store::{QueueSettings, SyncMode, WhenFull};
 pub use crate::upstream::settings::{DownlinkRule, ForwardRule, RetainPolicy, UpstreamSettings};
+pub use crate::upstream::tls::TlsSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +35,7 @@ pub struct RawUpstream {
     pub password: Option<String>,
     /// TLS is on unless `enabled: false` is written out; there is no "skip verification" switch.
     #[serde(default)]
-    pub tls: RawTls,
+    pub tls: TlsSettings,
     #[serde(default)]
     pub reconnect: RawReconnect,
     /// Retained `online` once connected, retained `offline` as the will and on a clean stop.
@@ -49,26 +49,6 @@ pub struct RawUpstream {
     pub downlink: Vec<RawDownlink>,
     #[serde(default)]
     pub queue: RawQueue,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// PEM file of the CA(s) that signed the broker's certificate; without it the system's roots
-    /// (`/etc/ssl/certs`) are used.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate (chain) and its private key, for brokers that require mutual TLS
-    /// (AWS IoT Core does).
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
-}
-
-impl Default for RawTls {
-    fn default() -> Self {
-        RawTls { enabled: true, ca_file: None, client_cert: None, client_key: None }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,9 +139,6 @@ impl Default for RawQueue {
     }
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_client_id() -> String {
     "ser2mqtt-{gateway}".into()
 }
@@ -251,7 +228,16 @@ pub(super) fn resolve_upstream(
         }
         (None, None) => None,
     };
-    let tls = if raw.tls.enabled { build_tls(&raw.tls, p) } else { None };
+    let tls = if raw.tls.enabled {
+        let mut found = crate::settings::Problems::default();
+        let config = raw.tls.client_config(&mut found);
+        for (key, message) in found.into_list() {
+            p.add(&if key.is_empty() { "upstream.tls".to_string() } else { format!("upstream.tls.{key}") }, message);
+        }
+        config
+    } else {
+        None
+    };
     let status_topic = fill(&raw.status_topic);
     if status_topic.is_empty() || status_topic.contains(['+', '#']) {
         p.add("upstream.status_topic", "must be a topic name without wildcards");
@@ -330,90 +316,4 @@ pub(super) fn resolve_upstream(
         queue,
         fingerprint: String::new(),
     })
-}
-
-/// Builds the rustls client configuration now, so a missing or unreadable certificate is a config
-/// error at `check` time, located at its key, rather than a reconnect loop later.
-fn build_tls(raw: &RawTls, p: &mut Problems) -> Option<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &raw.ca_file {
-        Some(path) => {
-            let certs = read_certs(path, "upstream.tls.ca_file", p)?;
-            for c in certs {
-                if let Err(e) = roots.add(c) {
-                    p.add("upstream.tls.ca_file", format!("{}: not a usable CA certificate: {e}", path.display()));
-                    return None;
-                }
-            }
-        }
-        None => {
-            // Unreadable entries in the system store are skipped, as OpenSSL does.
-            let (added, _) =
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().unwrap_or_default());
-            if added == 0 {
-                p.add(
-                    "upstream.tls",
-                    "no system CA certificates found (install `ca-certificates`) and no `ca_file` given",
-                );
-                return None;
-            }
-        }
-    }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
-    let config = match (&raw.client_cert, &raw.client_key) {
-        (None, None) => builder.with_no_client_auth(),
-        (Some(cert), Some(key)) => {
-            let chain = read_certs(cert, "upstream.tls.client_cert", p)?;
-            let key_pem = read_file(key, "upstream.tls.client_key", p)?;
-            let key_der = match rustls_pemfile::private_key(&mut key_pem.as_slice()) {
-                Ok(Some(k)) => k,
-                _ => {
-                    p.add("upstream.tls.client_key", format!("{}: no PEM private key found", key.display()));
-                    return None;
-                }
-            };
-            match builder.with_client_auth_cert(chain, key_der) {
-                Ok(c) => c,
-                Err(e) => {
-                    p.add("upstream.tls.client_key", format!("does not match `client_cert`: {e}"));
-                    return None;
-                }
-            }
-        }
-        (Some(_), None) => {
-            p.add("upstream.tls.client_cert", "needs `client_key` as well");
-            return None;
-        }
-        (None, Some(_)) => {
-            p.add("upstream.tls.client_key", "needs `client_cert` as well");
-            return None;
-        }
-    };
-    Some(Arc::new(config))
-}
-
-fn read_file(path: &Path, key: &str, p: &mut Problems) -> Option<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            p.add(key, format!("cannot read {}: {e}", path.display()));
-            None
-        }
-    }
-}
-
-fn read_certs(path: &Path, key: &str, p: &mut Problems) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    let pem = read_file(path, key, p)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
-    match certs {
-        Ok(c) if !c.is_empty() => Some(c),
-        Ok(_) => {
-            p.add(key, format!("{}: no PEM certificate found", path.display()));
-            None
-        }
-        Err(e) => {
-            p.add(key, format!("{}: not a PEM certificate file: {e}", path.display()));
-            None
-        }
-    }
 }

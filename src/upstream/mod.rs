@@ -11,6 +11,7 @@ mod conn;
 pub mod link;
 pub mod outbox;
 pub mod settings;
+pub mod tls;
 pub mod writer;
 
 use std::sync::Arc;

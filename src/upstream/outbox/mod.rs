@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::store::{Queued, Record};
 use budget::ReplayBudget;
+use types::{Control, Flight};
 pub use types::{Read, Send, Side, Stage, StageChange};
 
 mod acks;
@@ -44,26 +45,6 @@ pub const QOS2_WINDOW: usize = 10;
 /// Messages read from the store at a time (per cursor): an acknowledgement is then answered from
 /// memory, not with a store read per message.
 pub const READ_CHUNK: usize = 256;
-
-/// The gateway's own packets that need an id: sent after what is owed, as soon as an id is free.
-#[derive(Debug, Clone)]
-enum Control {
-    Status(Record),
-    Subscribe(Vec<(String, u8)>),
-}
-
-/// What holds a packet id.
-#[derive(Debug, Clone)]
-enum Flight {
-    /// A queued message (QoS 1 or 2).
-    Data { id: i64, record: Record, stage: Stage },
-    /// The gateway's own status (birth, goodbye): QoS 1, not queued, not resent on a new connection.
-    Status,
-    /// A downlink SUBSCRIBE awaiting its SUBACK.
-    Subscribe,
-    /// A PUBREL of the release sweep, for an id the previous run may have left unreleased.
-    Release,
-}
 
 pub struct Outbox {
     /// Most queued messages sent and not yet acknowledged.

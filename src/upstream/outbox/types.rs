@@ -1,5 +1,5 @@
-//! What the outbox says to the link and the store: packets to send, store reads it needs, and QoS 2
-//! stages to commit.
+//! What the outbox says to the link and the store (packets to send, store reads it needs, QoS 2
+//! stages to commit), and what it holds packet ids for.
 
 use crate::store::Record;
 
@@ -64,4 +64,24 @@ pub struct Read {
     pub after: i64,
     pub before: i64,
     pub limit: usize,
+}
+
+/// The gateway's own packets that need an id: sent after what is owed, as soon as an id is free.
+#[derive(Debug, Clone)]
+pub(super) enum Control {
+    Status(Record),
+    Subscribe(Vec<(String, u8)>),
+}
+
+/// What holds a packet id.
+#[derive(Debug, Clone)]
+pub(super) enum Flight {
+    /// A queued message (QoS 1 or 2).
+    Data { id: i64, record: Record, stage: Stage },
+    /// The gateway's own status (birth, goodbye): QoS 1, not queued, not resent on a new connection.
+    Status,
+    /// A downlink SUBSCRIBE awaiting its SUBACK.
+    Subscribe,
+    /// A PUBREL of the release sweep, for an id the previous run may have left unreleased.
+    Release,
 }

@@ -8,17 +8,18 @@
 //! are dropped oldest first, and if what is left (QoS 1/2, acks) still exceeds the bound the client
 //! is disconnected. Everything is counted in `FrontCounters`.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+
+mod outgoing;
+use outgoing::{engine_to_queue, queue_to_client, Outgoing, CUT, FLUSH};
 
 /// The limits of one listener (from `broker:` in the config).
 #[derive(Debug, Clone, PartialEq)]
@@ -242,14 +243,6 @@ async fn connection(
     }
 }
 
-/// `Outgoing::closed`, 0 while the engine side is open: it has closed, or the client is being cut.
-const FLUSH: u8 = 1;
-const CUT: u8 = 2;
-
-/// A last flush after the engine closed gets this long: a live client takes milliseconds for a
-/// CONNACK, a stalled one must not keep the connection.
-const FINAL_FLUSH: Duration = Duration::from_secs(5);
-
 async fn client_to_engine(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -308,112 +301,6 @@ async fn client_to_engine(
     }
 }
 
-/// Packets waiting for one client, and their size in bytes.
-#[derive(Default)]
-struct Outgoing {
-    packets: Mutex<(VecDeque<Bytes>, usize)>,
-    ready: Notify,
-    closed: std::sync::atomic::AtomicU8,
-}
-
-fn is_qos0_publish(packet: &[u8]) -> bool {
-    packet[0] >> 4 == 3 && (packet[0] >> 1) & 3 == 0
-}
-
-/// Reads the engine's packets for this client as fast as they come (so the engine never backs up
-/// into its unbounded channel) and queues them within `max_client_buffer`.
-async fn engine_to_queue(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    queue: Arc<Outgoing>,
-    peer: SocketAddr,
-    limits: &FrontLimits,
-    counters: &FrontCounters,
-) -> bool {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    loop {
-        match from.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {}
-            _ => return false,
-        }
-        let mut complete = Vec::new();
-        loop {
-            match packet_len(&buf) {
-                Err(()) => return false,
-                Ok(Some((head, body))) if buf.len() >= head + body => {
-                    complete.push(buf.split_to(head + body).freeze());
-                }
-                _ => break,
-            }
-        }
-        if complete.is_empty() {
-            continue;
-        }
-        let mut q = queue.packets.lock().unwrap();
-        for p in complete {
-            q.1 += p.len();
-            q.0.push_back(p);
-        }
-        if q.1 > limits.max_client_buffer {
-            // Oldest QoS 0 publishes go first: a newer reading replaces an older one.
-            let (packets, bytes) = &mut *q;
-            let mut dropped = 0;
-            packets.retain(|p| {
-                if *bytes > limits.max_client_buffer && is_qos0_publish(p) {
-                    *bytes -= p.len();
-                    dropped += 1;
-                    false
-                } else {
-                    true
-                }
-            });
-            let n = counters.qos0_dropped.fetch_add(dropped, Ordering::Relaxed);
-            if n == 0 && dropped > 0 {
-                tracing::warn!(%peer, max_client_buffer = limits.max_client_buffer,
-                    "a subscriber is not keeping up: QoS 0 messages to it are being dropped (counted as qos0_dropped)");
-            }
-            if *bytes > limits.max_client_buffer {
-                counters.slow_clients_cut.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, waiting = *bytes, max_client_buffer = limits.max_client_buffer,
-                    "a subscriber is not reading its QoS 1/2 messages; disconnected");
-                return true;
-            }
-        }
-        drop(q);
-        queue.ready.notify_one();
-    }
-}
-
-async fn queue_to_client(mut to: tokio::net::tcp::OwnedWriteHalf, queue: Arc<Outgoing>) {
-    loop {
-        // Read before draining: once FLUSH is seen, every packet the engine sent is in the queue.
-        let state = queue.closed.load(Ordering::Acquire);
-        let batch: Vec<Bytes> = {
-            let mut q = queue.packets.lock().unwrap();
-            q.1 = 0;
-            q.0.drain(..).collect()
-        };
-        if state == CUT {
-            return;
-        }
-        if batch.is_empty() {
-            if state == FLUSH {
-                let _ = to.shutdown().await;
-                return;
-            }
-            queue.ready.notified().await;
-            continue;
-        }
-        for p in batch {
-            let write = to.write_all(&p);
-            let done =
-                if state == FLUSH { tokio::time::timeout(FINAL_FLUSH, write).await.ok() } else { Some(write.await) };
-            if !matches!(done, Some(Ok(()))) {
-                return;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,9 +314,5 @@ mod tests {
         assert_eq!(packet_len(&[0x30, 0x80, 0x01]), Ok(Some((3, 128))));
         assert_eq!(packet_len(&[0x30, 0xff, 0xff, 0xff, 0x7f]), Ok(Some((5, 268_435_455))));
         assert_eq!(packet_len(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01]), Err(()));
-        assert!(is_qos0_publish(&[0x30, 0]));
-        assert!(is_qos0_publish(&[0x31, 0]), "retain flag");
-        assert!(!is_qos0_publish(&[0x32, 0]), "QoS 1");
-        assert!(!is_qos0_publish(&[0x90, 0]), "SUBACK");
     }
 }
