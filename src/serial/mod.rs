@@ -4,5 +4,6 @@
 pub mod checksum;
 pub mod framing;
 pub mod port;
+pub mod reader;
 
 pub use port::{run_port, PortStats};

@@ -12,18 +12,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_serial::SerialPortBuilderExt;
-use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::checksum::Checksum;
 use super::framing::Framing;
-use super::framing::{FrameCodec, FrameEvent};
+use super::reader::{availability, read_frames};
 use crate::decode::FrameDecoder;
 use crate::decode::Reading;
 
@@ -95,7 +92,7 @@ pub struct PortStats {
     pub open_failures: AtomicU64,
 }
 
-fn bump(c: &AtomicU64, n: u64) {
+pub(super) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -104,10 +101,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// A port that keeps failing to open is mentioned again this often (the first failure of each kind
 /// is logged at once): often enough to be seen in `journalctl -f`, rare enough not to flood it.
 const FAILING_SUMMARY: Duration = Duration::from_secs(600);
-/// At most one warning about garbled input per port in this period (the counters keep the totals).
-const WARN_EVERY: Duration = Duration::from_secs(10);
-/// Read buffer: a few frames of the largest size, so one read syscall carries several frames.
-const READ_CAPACITY: usize = 4096;
 
 /// Runs the port until `shutdown`; returns only then (or when the publisher is gone).
 pub async fn run_port(
@@ -266,97 +259,6 @@ fn open_serial(path: &std::path::Path, port: &PortSettings) -> Result<tokio_seri
         // Exclusive (TIOCEXCL + flock): a second reader would steal bytes and garble both.
         .exclusive(true)
         .open_native_async()
-}
-
-/// Reads frames from `reader` until shutdown (`Ok`) or a read error / end of stream (`Err`).
-/// Availability goes `online` at the first good frame and `offline` on silence or when this returns.
-pub async fn read_frames<R: AsyncRead + Unpin>(
-    reader: R,
-    port: &PortSettings,
-    tx: &mpsc::Sender<PortEvent>,
-    stats: &PortStats,
-    shutdown: &CancellationToken,
-) -> Result<(), std::io::Error> {
-    let codec = FrameCodec::new(port.framing.clone(), port.checksum.clone());
-    let mut frames = FramedRead::with_capacity(reader, codec, READ_CAPACITY.max(port.framing.max_frame() * 2));
-    let mut online = false;
-    let mut skip = port.skip_first_frames;
-    let mut warn = crate::logging::Every::new(WARN_EVERY);
-    let silence = tokio::time::sleep(port.silence_timeout);
-    tokio::pin!(silence);
-    let result = loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break Ok(()),
-            _ = &mut silence, if online => {
-                online = false;
-                tracing::warn!(port = %port.name, timeout = ?port.silence_timeout, "no valid frame within the silence timeout");
-                if !availability(tx, port, false).await { break Ok(()) }
-            }
-            next = frames.next() => {
-                let event = match next {
-                    None => break Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "device closed")),
-                    Some(Err(e)) => break Err(e),
-                    Some(Ok(ev)) => ev,
-                };
-                let received = chrono::Utc::now();
-                if let FrameEvent::Skipped { bytes } = event {
-                    // More of a garbled run already counted: bytes only, and not a frame to skip.
-                    bump(&stats.bytes_dropped, bytes as u64);
-                    continue;
-                }
-                if skip > 0 {
-                    skip -= 1;
-                    continue;
-                }
-                let frame = match event {
-                    FrameEvent::Frame(f) => f,
-                    FrameEvent::Skipped { .. } => continue,
-                    FrameEvent::Garbled { reason, bytes } => {
-                        bump(&stats.garbled, 1);
-                        bump(&stats.bytes_dropped, bytes as u64);
-                        warn.note(1, |n| tracing::warn!(port = %port.name, ?reason, bytes, dropped_since_last = n, "garbled input dropped"));
-                        continue;
-                    }
-                };
-                let fields = match port.decoder.decode(&frame) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        bump(&stats.decode_errors, 1);
-                        warn.note(1, |n| tracing::warn!(port = %port.name, error = %e, dropped_since_last = n, "frame could not be decoded; dropped"));
-                        continue;
-                    }
-                };
-                bump(&stats.frames, 1);
-                silence.as_mut().reset(tokio::time::Instant::now() + port.silence_timeout);
-                if !online {
-                    online = true;
-                    if !availability(tx, port, true).await { break Ok(()) }
-                }
-                let reading = Reading { port: port.name.clone(), fields, received };
-                match tx.try_send(PortEvent::Reading(reading)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(ev)) => {
-                        bump(&stats.publisher_waits, 1);
-                        // Not reading meanwhile: the bytes wait in the tty buffer, not in our memory.
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break Ok(()),
-                            sent = tx.send(ev) => if sent.is_err() { break Ok(()) },
-                        }
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break Ok(()),
-                }
-            }
-        }
-    };
-    if online {
-        availability(tx, port, false).await;
-    }
-    result
-}
-
-async fn availability(tx: &mpsc::Sender<PortEvent>, port: &PortSettings, online: bool) -> bool {
-    let ev = PortEvent::Availability { port: port.name.clone(), topic: port.availability_topic.clone(), online };
-    tx.send(ev).await.is_ok()
 }
 
 #[cfg(test)]
