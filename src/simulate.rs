@@ -140,7 +140,7 @@ mod tests {
         let nmea = Simulator::new(SensorKind::Nmea, 1).next_frame();
         let text = String::from_utf8(nmea).unwrap();
         for line in text.split("\r\n").filter(|l| !l.is_empty()) {
-            assert_eq!(Checksum::Nmea { required: true }.verify(line.as_bytes()), Ok(()), "{line}");
+            assert_eq!(Checksum::Nmea { required: true, strip: false }.verify(line.as_bytes()), Ok(()), "{line}");
         }
         let pms = Simulator::new(SensorKind::Pms5003, 1).next_frame();
         assert_eq!(pms.len(), 32);

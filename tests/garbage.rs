@@ -137,7 +137,7 @@ maps:
 "#;
     let frame = |v: u16| {
         let mut body = v.to_be_bytes().to_vec();
-        let crc = ChecksumKind::Crc16Modbus.compute(&body) as u16;
+        let crc = ChecksumKind::named("crc-16/modbus").unwrap().compute(&body) as u16;
         body.extend(crc.to_le_bytes());
         let mut f = vec![0x7E];
         for b in body {
@@ -166,14 +166,10 @@ maps:
 }
 
 #[tokio::test]
-async fn crc8_crc16_ccitt_crc16_xmodem_crc32_and_xor_checks_accept_good_and_drop_bad_frames() {
-    for (kind, algo) in [
-        ("crc8", ChecksumKind::Crc8),
-        ("crc16_ccitt", ChecksumKind::Crc16Ccitt),
-        ("crc16_xmodem", ChecksumKind::Crc16Xmodem),
-        ("crc32", ChecksumKind::Crc32),
-        ("xor", ChecksumKind::Xor),
-    ] {
+async fn catalogue_crcs_old_names_and_xor_accept_good_and_drop_bad_frames() {
+    // Old names (aliases), catalogue names in either case (Sensirion's CRC-8/NRSC-5, a 3-byte CRC).
+    for kind in ["crc8", "crc16_ccitt", "crc16_xmodem", "crc32", "xor", "crc-8/nrsc-5", "CRC-24/OPENPGP"] {
+        let algo = ChecksumKind::named(kind).unwrap();
         let yaml = format!(
             r#"
 ports:
@@ -220,4 +216,28 @@ maps:
     let (got, garbled, decode_errors) = feed(yaml, s, 3).await;
     assert_eq!(got, ["21.5", "48", "49"]);
     assert_eq!((garbled, decode_errors), (0, 1));
+}
+
+#[tokio::test]
+async fn a_stripped_checksum_leaves_the_decoder_a_clean_json_line() {
+    let yaml = r#"
+ports:
+  - name: j
+    device: DEVICE
+    framing: { type: lines }
+    checksum: { type: xor, encoding: hex, strip: true }
+    decoder: { type: json, fields: { t: /t } }
+maps:
+  - { port: j, topic: "x/{field}" }
+"#;
+    let line = |t: &str| {
+        let json = format!(r#"{{"t":{t}}}"#);
+        format!("{json}{:02X}\n", ChecksumKind::Xor.compute(json.as_bytes())).into_bytes()
+    };
+    let mut s = line("21.5");
+    s.extend(b"{\"t\":99}00\n"); // wrong checksum: dropped, not decoded
+    s.extend(line("22"));
+    let (got, garbled, decode_errors) = feed(yaml, &s, 2).await;
+    assert_eq!(got, ["21.5", "22"]);
+    assert_eq!((garbled, decode_errors), (1, 0));
 }

@@ -64,11 +64,14 @@ impl FrameCodec {
 }
 
 impl Cutter {
-    /// The frame if its checksum (if any) holds; else why not.
+    /// The frame if its checksum (if any) holds (without the checksum, if the port strips it); else why not.
     fn check(&mut self, frame: Bytes) -> Result<Bytes, Garble> {
-        match self.checksum.as_ref().map(|c| c.verify(&frame)) {
-            Some(Err(e)) => Err(Garble::BadChecksum(e)),
-            _ => Ok(frame),
+        match &self.checksum {
+            None => Ok(frame),
+            Some(c) => match c.verify(&frame) {
+                Ok(()) => Ok(c.strip(frame)),
+                Err(e) => Err(Garble::BadChecksum(e)),
+            },
         }
     }
 
