@@ -35,6 +35,13 @@ pub enum Command {
     Check {
         #[arg(long, short, default_value = DEFAULT_PATH)]
         config: PathBuf,
+        /// Also check that each port's device exists and that `--user` may open it, without opening it
+        /// (exit 69 if one is not usable).
+        #[arg(long)]
+        devices: bool,
+        /// Who will run the gateway (`ser2mqtt` under the packaged unit). Default: the current user.
+        #[arg(long, requires = "devices")]
+        user: Option<String>,
     },
     /// Run the gateway on built-in simulated sensors (no hardware needed).
     Demo {

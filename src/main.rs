@@ -48,9 +48,11 @@ fn raise_descriptor_limit() -> u64 {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Check { config } => Ok(match config::load(&config) {
+        Command::Check { config, devices, user } => Ok(match config::load(&config) {
+            Ok(c) if devices => check_devices(&c, user.as_deref()).await?,
             Ok(c) => {
                 print!("{}", ser2mqtt::config::summary::describe(&c, &config));
+                println!("(`check --devices` also checks that each port's device is there and may be opened)");
                 ExitCode::SUCCESS
             }
             Err(e) => report(e),
@@ -198,4 +200,20 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// `check --devices`: one line per port; exit 69 (EX_UNAVAILABLE) if any device is not usable.
+async fn check_devices(c: &config::Config, user: Option<&str>) -> anyhow::Result<ExitCode> {
+    use nix::unistd::{Uid, User};
+    let user = match user {
+        Some(name) => User::from_name(name)?.with_context(|| format!("no user named `{name}` on this system"))?,
+        None => User::from_uid(Uid::effective())?.context("the current user has no name")?,
+    };
+    let mut all_ok = true;
+    for port in &c.ports {
+        let found = ser2mqtt::serial::probe::probe(&port.device, &user).await;
+        all_ok &= found.ok;
+        println!("{} {}: {}: {}", if found.ok { "ok  " } else { "FAIL" }, port.name, port.device, found.text);
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(69) })
 }

@@ -176,3 +176,28 @@ fn run_exits_64_on_a_bad_config() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("g.yaml:2:"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[tokio::test]
+async fn check_devices_says_which_device_is_there_and_which_is_missing() {
+    let pty = pty();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("c.yaml");
+    let port = |name: &str, device: &str| {
+        format!(
+            "  - name: {name}\n    device: {device}\n    framing: {{ type: lines }}\n    decoder: {{ type: csv, columns: [a] }}\n"
+        )
+    };
+    let ports = port("here", &pty.path.display().to_string()) + &port("gone", "/dev/ttyUSB_ser2mqtt_test_missing");
+    std::fs::write(&conf, format!("ports:\n{ports}")).unwrap();
+    let out = Command::new(BIN).args(["check", "--devices", "--config"]).arg(&conf).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(69), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with("ok   here: /dev/pts/") && lines[0].contains("readable and writable by"), "{stdout}");
+    assert!(lines[1].starts_with("FAIL gone: /dev/ttyUSB_ser2mqtt_test_missing: missing:"), "{stdout}");
+    // Without the missing port, all is well.
+    std::fs::write(&conf, format!("ports:\n{}", port("here", &pty.path.display().to_string()))).unwrap();
+    let out = Command::new(BIN).args(["check", "--devices", "--config"]).arg(&conf).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}

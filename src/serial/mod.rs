@@ -4,6 +4,7 @@
 pub mod checksum;
 pub mod framing;
 pub mod port;
+pub mod probe;
 pub mod reader;
 
 pub use port::{run_port, PortStats};
