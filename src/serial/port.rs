@@ -265,7 +265,34 @@ fn open_serial(path: &std::path::Path, port: &PortSettings) -> Result<tokio_seri
 mod tests {
     use std::path::Path;
 
-    use super::Device;
+    use super::*;
+
+    /// A device that never appears, on paused time: each attempt is counted, the waits double from
+    /// 250 ms to `reopen_backoff_max`, the port says `offline` once, and a summary comes every 10 min.
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_device_is_retried_with_capped_doubling_backoff() {
+        let mut port = crate::serial::reader::tests::port("type: lines", "type: csv\ncolumns: [a]");
+        port.device = Device::Serial("/dev/ttyUSB_ser2mqtt_unit_missing".into());
+        port.reopen_backoff_max = Duration::from_secs(30);
+        let (tx, mut rx) = mpsc::channel(8);
+        let stats = Arc::new(PortStats::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_port(port, tx, stats.clone(), shutdown.clone()));
+        // Attempts at 0, 0.25, 0.75, 1.75, 3.75, 7.75, 15.75, 31.75 s, then every 30 s.
+        let start = tokio::time::Instant::now();
+        for (at, attempts) in [(1.0, 3), (10.0, 6), (60.0, 8), (700.0, 30)] {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(at)).await;
+            assert_eq!(stats.open_failures.load(Ordering::Relaxed), attempts, "by {at} s");
+        }
+        assert_eq!(stats.opens.load(Ordering::Relaxed), 0);
+        match rx.try_recv() {
+            Ok(PortEvent::Availability { online: false, .. }) => {}
+            other => panic!("expected one `offline`, got {other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "`offline` is said once, not at every attempt");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
 
     #[test]
     fn devices_are_parsed_once_and_shown_as_written() {

@@ -14,7 +14,7 @@ use crate::serial::port::{Device, FlowControl, Parity};
 
 const SILENCE: Duration = Duration::from_secs(10);
 
-fn port(framing: &str, decoder: &str) -> PortSettings {
+pub(crate) fn port(framing: &str, decoder: &str) -> PortSettings {
     let framing: Framing = serde_yaml::from_str(framing).unwrap();
     let decoder: DecoderSettings = serde_yaml::from_str(decoder).unwrap();
     let mut problems = crate::settings::Problems::default();
