@@ -10,6 +10,7 @@ mod broker_limits;
 mod bursts;
 mod cli;
 mod config_errors;
+mod docs;
 mod garbage;
 mod lifecycle;
 mod sensors;
