@@ -26,6 +26,9 @@ fn check_accepts_every_shipped_config_and_shows_example_messages() {
         assert!(stdout.contains(": valid"), "{stdout}");
         assert!(stdout.contains("  sensors/"), "an example topic is shown: {stdout}");
     }
+    // Numbers are shown as numbers in example JSON payloads, text as text.
+    let out = Command::new(BIN).args(["check", "--config"]).arg(root().join("configs/pms5003.yaml")).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#"{"pm1_0_cf1":<pm1_0_cf1>,"#));
 }
 
 #[test]

@@ -15,8 +15,7 @@ fn root() -> &'static Path {
 /// README.md and every docs/*.md, with their text.
 fn pages() -> Vec<(PathBuf, String)> {
     let mut files = vec![root().join("README.md")];
-    let mut docs: Vec<PathBuf> =
-        std::fs::read_dir(root().join("docs")).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root().join("docs")).unwrap().map(|e| e.unwrap().path()).collect();
     docs.sort();
     files.extend(docs.into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")));
     files.into_iter().map(|p| (p.clone(), std::fs::read_to_string(&p).unwrap())).collect()

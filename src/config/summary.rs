@@ -74,7 +74,14 @@ pub fn describe(config: &Config, file: &Path) -> String {
         m.messages(&config.gateway.name, &reading, &mut out);
         let _ = writeln!(s, "map {i} (port `{}`, qos {}, retain {}):", m.port, m.qos, m.retain);
         for msg in out.iter().take(3) {
-            let _ = writeln!(s, "  {}  {}", msg.topic, String::from_utf8_lossy(&msg.payload));
+            // A number's placeholder unquoted (`"pm2_5":<pm2_5>`), so the example shows its JSON type.
+            let mut payload = String::from_utf8_lossy(&msg.payload).into_owned();
+            if payload.starts_with('{') {
+                for name in port.decoder.field_names().iter().filter(|n| port.decoder.numeric(n)) {
+                    payload = payload.replace(&format!("\"<{name}>\""), &format!("<{name}>"));
+                }
+            }
+            let _ = writeln!(s, "  {}  {}", msg.topic, payload);
         }
         if out.len() > 3 {
             let _ = writeln!(s, "  … and {} more", out.len() - 3);

@@ -127,6 +127,17 @@ pub enum FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// Whether `name` always decodes to a number (binary fields, `types: { name: number }`).
+    pub fn numeric(&self, name: &str) -> bool {
+        match self {
+            FrameDecoder::Binary { fields } => fields.iter().any(|f| &*f.name == name),
+            FrameDecoder::Regex { types, .. }
+            | FrameDecoder::Csv { types, .. }
+            | FrameDecoder::KeyValue { types, .. } => types.get(name) == Some(&FieldKind::Number),
+            FrameDecoder::Json { .. } => false,
+        }
+    }
+
     /// Every field name this decoder can produce.
     pub fn field_names(&self) -> Vec<String> {
         let mut names: Vec<String> = match self {
@@ -263,7 +274,9 @@ fn decode_json(fields: &[(Arc<str>, String)], frame: &[u8]) -> Result<Vec<(Arc<s
     let mut out = Vec::new();
     for (name, pointer) in fields {
         let v = match doc.pointer(pointer) {
+            // Absent, null or empty: no value, as an empty text field is (never `""` or zero).
             None | Some(serde_json::Value::Null) => continue,
+            Some(serde_json::Value::String(s)) if s.is_empty() => continue,
             Some(serde_json::Value::Bool(b)) => Value::Bool(*b),
             Some(serde_json::Value::Number(n)) => match n.as_i64() {
                 Some(i) => Value::Int(i),
@@ -378,5 +391,14 @@ mod tests {
     fn typed_values_report_the_field() {
         let err = typed("hum", "abc", FieldKind::Number).unwrap_err();
         assert_eq!(err.to_string(), "field `hum`: `abc` is not a number");
+    }
+
+    #[test]
+    fn empty_json_strings_are_absent_like_null() {
+        let d = FrameDecoder::Json {
+            fields: vec![("a".into(), "/a".into()), ("b".into(), "/b".into()), ("c".into(), "/c".into())],
+        };
+        let v = d.decode(br#"{"a":"","b":null,"c":"x"}"#).unwrap();
+        assert_eq!(v, vec![(Arc::from("c"), Value::Text("x".into()))]);
     }
 }
