@@ -14,6 +14,7 @@
 pub mod advice;
 pub mod bytes;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod decode;
 pub mod demo;

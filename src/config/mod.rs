@@ -66,6 +66,11 @@ pub struct GatewaySettings {
     pub channel_capacity: NonZeroUsize,
     pub stats_interval: Duration,
     pub state_dir: Option<PathBuf>,
+    /// As written (`{port}`, `{command}` left in); each command's topics are rendered from them.
+    pub command_topic: String,
+    pub result_topic: String,
+    /// `command_topic` with `{gateway}` filled and `{port}`, `{command}` as `+`: what the gateway taps.
+    pub command_filter: String,
 }
 
 /// One problem in a configuration file.

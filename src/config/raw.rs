@@ -42,6 +42,12 @@ pub struct RawGateway {
     /// `$STATE_DIRECTORY` or `/var/lib/ser2mqtt`; without, nothing is stored unless this is set.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Where clients publish a port's commands: `{gateway}`, `{port}`, `{command}` as whole levels.
+    #[serde(default = "default_command_topic")]
+    pub command_topic: String,
+    /// Where each command's result goes: `{gateway}`, `{port}`, `{command}`.
+    #[serde(default = "default_result_topic")]
+    pub result_topic: String,
 }
 
 impl Default for RawGateway {
@@ -52,6 +58,8 @@ impl Default for RawGateway {
             channel_capacity: default_channel_capacity(),
             stats_interval: default_stats_interval(),
             state_dir: None,
+            command_topic: default_command_topic(),
+            result_topic: default_result_topic(),
         }
     }
 }
@@ -61,6 +69,12 @@ fn default_gateway_name() -> String {
 }
 fn default_status_topic() -> String {
     "{gateway}/status".into()
+}
+fn default_command_topic() -> String {
+    "{gateway}/{port}/set/{command}".into()
+}
+fn default_result_topic() -> String {
+    "{gateway}/{port}/result/{command}".into()
 }
 fn default_channel_capacity() -> usize {
     // About 10 s of 100 frames/s: enough to ride out a slow subscriber burst without holding much RAM.
@@ -180,6 +194,12 @@ pub struct RawPort {
     pub checksum: serde_yaml::Value,
     #[serde(default)]
     pub decoder: serde_yaml::Value,
+    /// `serial::poll::PollSettings`, read on its own like `framing`.
+    #[serde(default)]
+    pub poll: serde_yaml::Value,
+    /// A list of `command::CommandSettings`, each read on its own.
+    #[serde(default)]
+    pub commands: serde_yaml::Value,
     /// No valid frame for this long marks the port `offline`.
     #[serde(default = "default_silence_timeout", with = "humantime_serde")]
     pub silence_timeout: Duration,

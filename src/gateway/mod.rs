@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::command::{Commands, QUEUE_PER_PORT};
 use crate::config::{Config, PortSettings};
 use crate::local_broker::{BrokerError, LocalBroker};
 use crate::serial::port::PortEvent;
@@ -92,6 +93,9 @@ pub struct Gateway {
     epoch: Instant,
     stats_list: watch::Sender<Vec<(Arc<str>, Arc<PortStats>)>>,
     durable: Option<Durable>,
+    /// Command topics of the running ports, and the task that carries commands out.
+    commands: Commands,
+    dispatcher: (JoinHandle<()>, CancellationToken),
 }
 
 impl Gateway {
@@ -132,6 +136,13 @@ impl Gateway {
         let topic = config.gateway.status_topic.clone();
         reporters.spawn(report::report_stats(broker.clone(), topic, every, stats_rx, cancel.child_token()));
         reporters.close();
+        let commands = Commands::default();
+        // Bounded like a port's own queue of commands, times a few ports: a client flooding command
+        // topics gets its messages dropped (counted by the tap), never unbounded memory.
+        let (command_rx, _dropped) =
+            broker.tap_publishes(vec![config.gateway.command_filter.clone()], 4 * QUEUE_PER_PORT).await;
+        let stop = cancel.child_token();
+        let dispatcher = (tokio::spawn(commands.clone().run(command_rx, tx.clone(), stop.clone())), stop);
         let mut gw = Gateway {
             config: config.clone(),
             broker,
@@ -145,6 +156,8 @@ impl Gateway {
             epoch,
             stats_list,
             durable,
+            commands,
+            dispatcher,
         };
         for port in config.ports {
             gw.spawn_port(port);
@@ -156,7 +169,10 @@ impl Gateway {
     fn spawn_port(&mut self, settings: PortSettings) {
         let stats = Arc::new(PortStats::default());
         let cancel = self.cancel.child_token();
-        let task = tokio::spawn(run_port(settings.clone(), self.tx.clone(), stats.clone(), cancel.clone()));
+        let (requests, requests_rx) = mpsc::channel(QUEUE_PER_PORT);
+        self.commands.set_port(&settings.name, &settings.commands, &requests);
+        let task =
+            tokio::spawn(run_port(settings.clone(), self.tx.clone(), stats.clone(), cancel.clone(), requests_rx));
         self.ports.insert(settings.name.clone(), RunningPort { settings, stats, cancel, task });
     }
 
@@ -224,13 +240,15 @@ impl Gateway {
         if new.broker != self.config.broker {
             report.needs_restart.push("broker".into());
         }
-        if new.gateway.name != self.config.gateway.name || new.gateway.status_topic != self.config.gateway.status_topic
+        if new.gateway.name != self.config.gateway.name
+            || new.gateway.status_topic != self.config.gateway.status_topic
+            || new.gateway.command_filter != self.config.gateway.command_filter
         {
             // Ports' availability topics are rendered with the name: applying the rest would move
             // them while the status topic stayed. Nothing is applied until a restart.
-            report.needs_restart.push("gateway.name/status_topic".into());
+            report.needs_restart.push("gateway.name/status_topic/command_topic".into());
             report.refused = Some(format!(
-                "gateway name or status topic changed (`{}` -> `{}`): restart to apply; nothing was reloaded",
+                "gateway name, status topic or command topic changed (`{}` -> `{}`): restart to apply; nothing was reloaded",
                 self.config.gateway.status_topic, new.gateway.status_topic
             ));
             return report;
@@ -263,7 +281,10 @@ impl Gateway {
                     self.spawn_port((*w).clone());
                     report.restarted.push(name.to_string());
                 }
-                None => report.stopped.push(name.to_string()),
+                None => {
+                    self.commands.remove_port(&name);
+                    report.stopped.push(name.to_string());
+                }
             }
         }
         for p in &new.ports {
@@ -291,7 +312,7 @@ impl Gateway {
     /// `SHUTDOWN_GRACE`; then everything left is cancelled and the broker is closed, whatever else
     /// still holds it.
     pub async fn shutdown(self) {
-        let Gateway { config, broker, cancel, reporters, ports, tx, publisher, durable, .. } = self;
+        let Gateway { config, broker, cancel, reporters, ports, tx, publisher, durable, dispatcher, .. } = self;
         drop(tx);
         let drain = async {
             for p in ports.values() {
@@ -300,6 +321,10 @@ impl Gateway {
             for (_, p) in ports {
                 let _ = p.task.await;
             }
+            // Commands still waiting were answered as their ports stopped; their results go out
+            // through the publisher, which drains once the dispatcher has let go of its sender.
+            dispatcher.1.cancel();
+            let _ = dispatcher.0.await;
             let _ = publisher.await;
             if let Some(d) = durable {
                 d.stop().await;

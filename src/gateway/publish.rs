@@ -66,6 +66,14 @@ pub(super) async fn publish_loop(
                     }
                 }
             }
+            PortEvent::Message(msg) => {
+                if let Err(e) = broker.publish(&msg).await {
+                    tracing::error!(topic = %msg.topic, error = %e, "message not published");
+                }
+                if let Some(d) = &durable {
+                    d.submit(&msg, false).await;
+                }
+            }
             PortEvent::Availability { port, topic, online } => {
                 let payload = Bytes::from_static(if online { b"online" } else { b"offline" });
                 tracing::info!(%port, online, "port availability changed");

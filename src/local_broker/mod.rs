@@ -279,11 +279,32 @@ impl LocalBroker {
         filters: Vec<String>,
         capacity: usize,
     ) -> (mpsc::Receiver<OutMessage>, Arc<std::sync::atomic::AtomicU64>) {
+        self.tap(filters, capacity, false).await
+    }
+
+    /// Like `tap_client_publishes`, and also what the gateway publishes in-process (the downlink).
+    pub async fn tap_publishes(
+        &self,
+        filters: Vec<String>,
+        capacity: usize,
+    ) -> (mpsc::Receiver<OutMessage>, Arc<std::sync::atomic::AtomicU64>) {
+        self.tap(filters, capacity, true).await
+    }
+
+    async fn tap(
+        &self,
+        filters: Vec<String>,
+        capacity: usize,
+        include_own: bool,
+    ) -> (mpsc::Receiver<OutMessage>, Arc<std::sync::atomic::AtomicU64>) {
         let (tx, rx) = mpsc::channel(capacity);
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let register = self.scx.extends.hook_mgr().register();
         register
-            .add(rmqtt::hook::Type::MessagePublish, Box::new(tap::ClientTap { filters, tx, dropped: dropped.clone() }))
+            .add(
+                rmqtt::hook::Type::MessagePublish,
+                Box::new(tap::ClientTap { filters, include_own, tx, dropped: dropped.clone() }),
+            )
             .await;
         register.start().await;
         self.taps.lock().await.push(register);

@@ -1,6 +1,7 @@
-//! A `MessagePublish` hook that copies what MQTT clients publish on chosen filters to the gateway
-//! (for the upstream bridge). Publishes made in-process by the gateway itself have no session and are
-//! left out: the gateway hands those to the bridge directly.
+//! A `MessagePublish` hook that copies what is published on chosen filters to the gateway: what MQTT
+//! clients publish (for the upstream bridge, which gets the gateway's own messages directly), and for
+//! commands also what the gateway publishes in-process (the downlink's messages from the cloud). The
+//! broker's ACL runs before it: a publish the ACL refused never reaches it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use crate::topic_map::OutMessage;
 
 pub(super) struct ClientTap {
     pub(super) filters: Vec<String>,
+    /// Also what the gateway publishes in-process (the downlink's messages from the cloud).
+    pub(super) include_own: bool,
     pub(super) tx: mpsc::Sender<OutMessage>,
     pub(super) dropped: Arc<AtomicU64>,
 }
@@ -20,7 +23,10 @@ pub(super) struct ClientTap {
 #[async_trait]
 impl Handler for ClientTap {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
-        let Parameter::MessagePublish(Some(_session), _from, publish) = param else { return (true, acc) };
+        let Parameter::MessagePublish(session, _from, publish) = param else { return (true, acc) };
+        if session.is_none() && !self.include_own {
+            return (true, acc);
+        }
         let p = &publish.inner;
         let topic: &str = &p.topic;
         // `$` topics (the health probe's, broker internals) never leave the gateway.

@@ -3,8 +3,10 @@
 
 pub mod checksum;
 pub mod framing;
+pub mod poll;
 pub mod port;
 pub mod probe;
 pub mod reader;
+pub mod request;
 
 pub use port::{run_port, PortStats};

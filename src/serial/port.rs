@@ -20,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::checksum::Checksum;
 use super::framing::Framing;
-use super::reader::{availability, read_frames};
+use super::poll::PollSettings;
+use super::reader::{availability, read_frames, Channels};
+use super::request::PortRequest;
+use crate::command::Command;
 use crate::decode::FrameDecoder;
 use crate::decode::Reading;
 
@@ -42,6 +45,10 @@ pub struct PortSettings {
     pub availability_topic: String,
     pub skip_first_frames: u32,
     pub reopen_backoff_max: Duration,
+    /// Requests written every `poll.every`, for sensors that answer only when asked.
+    pub poll: Option<PollSettings>,
+    /// Commands MQTT clients may send to the device, each on its own topic.
+    pub commands: Vec<Arc<Command>>,
     /// Identifies the port's configuration as written; a reload restarts the port only if it changed.
     pub fingerprint: String,
 }
@@ -76,6 +83,8 @@ pub enum PortEvent {
         topic: String,
         online: bool,
     },
+    /// A message to publish as it is (a command's result), locally and upstream if a rule takes it.
+    Message(crate::topic_map::OutMessage),
 }
 
 /// Counters for one port, shared with the stats publisher.
@@ -90,6 +99,12 @@ pub struct PortStats {
     pub publisher_waits: AtomicU64,
     pub opens: AtomicU64,
     pub open_failures: AtomicU64,
+    /// Requests written to the device: commands, polls and their retries.
+    pub writes: AtomicU64,
+    /// Requests whose reply did not come within its timeout (each retry counts).
+    pub reply_timeouts: AtomicU64,
+    /// Polls left unanswered after their retries.
+    pub polls_unanswered: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64, n: u64) {
@@ -108,6 +123,7 @@ pub async fn run_port(
     tx: mpsc::Sender<PortEvent>,
     stats: Arc<PortStats>,
     shutdown: CancellationToken,
+    mut requests: mpsc::Receiver<PortRequest>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut last_error: Option<String> = None;
@@ -127,9 +143,16 @@ pub async fn run_port(
                 last_error = None;
                 failing = None;
                 backoff = FIRST_BACKOFF;
+                let io = Channels { tx: &tx, stats: &stats, shutdown: &shutdown, requests: &mut requests };
                 let result = match device {
-                    Opened::Serial(s) => read_frames(s, &port, &tx, &stats, &shutdown).await,
-                    Opened::Tcp(t) => read_frames(t, &port, &tx, &stats, &shutdown).await,
+                    Opened::Serial(s) => {
+                        let (r, w) = tokio::io::split(s);
+                        read_frames(r, w, &port, io).await
+                    }
+                    Opened::Tcp(t) => {
+                        let (r, w) = t.into_split();
+                        read_frames(r, w, &port, io).await
+                    }
                 };
                 // The stream (and its file descriptor) is dropped here, before any retry.
                 match result {
@@ -175,9 +198,15 @@ pub async fn run_port(
                 }
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
+        let wait = tokio::time::sleep(backoff);
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut wait => break,
+                // Commands meanwhile fail at once, saying why, rather than waiting for a device.
+                Some(req) = requests.recv() => req.answer(Err(format!("port `{}` is not open ({})", port.name, port.device))),
+            }
         }
         backoff = (backoff * 2).min(port.reopen_backoff_max);
     }
@@ -277,7 +306,8 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let stats = Arc::new(PortStats::default());
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(run_port(port, tx, stats.clone(), shutdown.clone()));
+        let (_requests, requests_rx) = mpsc::channel(1);
+        let task = tokio::spawn(run_port(port, tx, stats.clone(), shutdown.clone(), requests_rx));
         // Attempts at 0, 0.25, 0.75, 1.75, 3.75, 7.75, 15.75, 31.75 s, then every 30 s.
         let start = tokio::time::Instant::now();
         for (at, attempts) in [(1.0, 3), (10.0, 6), (60.0, 8), (700.0, 30)] {

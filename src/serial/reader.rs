@@ -5,13 +5,15 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::framing::{Fixed, FrameCodec, FrameEvent, Framing, Garble, LengthPrefixed, Markers};
 use super::port::{bump, PortEvent, PortSettings, PortStats};
+use super::request::{PortRequest, ReplySpec, WRITE_TIMEOUT};
 use crate::decode::{FrameDecoder, Reading};
 
 /// At most one warning about garbled input per port in this period (the counters keep the totals).
@@ -19,15 +21,40 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 /// Read buffer: a few frames of the largest size, so one read syscall carries several frames.
 const READ_CAPACITY: usize = 4096;
 
-/// Reads frames from `reader` until shutdown (`Ok`) or a read error / end of stream (`Err`).
-/// Availability goes `online` at the first good frame and `offline` on silence or when this returns.
-pub async fn read_frames<R: AsyncRead + Unpin>(
+/// Where a port task's events go and what it is asked to write.
+pub struct Channels<'a> {
+    pub tx: &'a mpsc::Sender<PortEvent>,
+    pub stats: &'a PortStats,
+    pub shutdown: &'a CancellationToken,
+    pub requests: &'a mut mpsc::Receiver<PortRequest>,
+}
+
+/// A request written whose reply is awaited.
+struct Pending {
+    deadline: Instant,
+    reply: ReplySpec,
+    waiting: Waiting,
+}
+
+enum Waiting {
+    Command(PortRequest),
+    /// A poll, on its `attempt`th retry (0: the first request).
+    Poll {
+        attempt: u32,
+    },
+}
+
+/// Reads frames from `reader` and writes requests and polls to `writer` until shutdown (`Ok`) or a
+/// read or write error / end of stream (`Err`). Availability goes `online` at the first good frame and
+/// `offline` on silence, after `poll.offline_after` unanswered polls, or when this returns. One
+/// request at a time: the next is written once the previous one's reply came or timed out.
+pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     reader: R,
+    mut writer: W,
     port: &PortSettings,
-    tx: &mpsc::Sender<PortEvent>,
-    stats: &PortStats,
-    shutdown: &CancellationToken,
+    io: Channels<'_>,
 ) -> Result<(), std::io::Error> {
+    let Channels { tx, stats, shutdown, requests } = io;
     let codec = FrameCodec::new(port.framing.clone(), port.checksum.clone());
     let mut frames = FramedRead::with_capacity(reader, codec, READ_CAPACITY.max(port.framing.max_frame() * 2));
     let mut online = false;
@@ -35,13 +62,66 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
     let mut warn = crate::logging::Every::new(WARN_EVERY);
     let silence = tokio::time::sleep(port.silence_timeout);
     tokio::pin!(silence);
+    let mut polls = port.poll.as_ref().map(|p| {
+        let mut t = tokio::time::interval(p.every);
+        // A poll due while a command waits for its reply goes out after it, not in a burst later.
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut pending: Option<Pending> = None;
+    // Polls in a row that went unanswered.
+    let mut misses = 0u32;
     let result = loop {
+        let deadline = pending.as_ref().map(|p| p.deadline);
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = &mut silence, if online => {
                 online = false;
                 tracing::warn!(port = %port.name, timeout = ?port.silence_timeout, "no valid frame within the silence timeout");
                 if !availability(tx, port, false).await { break Ok(()) }
+            }
+            Some(req) = requests.recv(), if pending.is_none() => {
+                if let Err(e) = write(&mut writer, &req.bytes).await {
+                    req.answer(Err(format!("writing to the device failed: {e}")));
+                    break Err(e);
+                }
+                bump(&stats.writes, 1);
+                match req.reply.clone() {
+                    Some(reply) => {
+                        pending = Some(Pending { deadline: Instant::now() + reply.timeout, reply, waiting: Waiting::Command(req) });
+                    }
+                    None => req.answer(Ok(None)),
+                }
+            }
+            _ = async { polls.as_mut().expect("guarded").tick().await }, if polls.is_some() && pending.is_none() => {
+                let poll = port.poll.as_ref().expect("polls come from poll settings");
+                write(&mut writer, &poll.request).await?;
+                bump(&stats.writes, 1);
+                let reply = poll.reply();
+                pending = Some(Pending { deadline: Instant::now() + reply.timeout, reply, waiting: Waiting::Poll { attempt: 0 } });
+            }
+            _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {
+                let Pending { reply, waiting, .. } = pending.take().expect("guarded");
+                bump(&stats.reply_timeouts, 1);
+                match waiting {
+                    Waiting::Command(req) => req.answer(Err(format!("no reply within {:?}", reply.timeout))),
+                    Waiting::Poll { attempt } => {
+                        let poll = port.poll.as_ref().expect("polls come from poll settings");
+                        if attempt < poll.retries {
+                            write(&mut writer, &poll.request).await?;
+                            bump(&stats.writes, 1);
+                            pending = Some(Pending { deadline: Instant::now() + reply.timeout, reply, waiting: Waiting::Poll { attempt: attempt + 1 } });
+                            continue;
+                        }
+                        misses += 1;
+                        bump(&stats.polls_unanswered, 1);
+                        if misses >= poll.offline_after && online {
+                            online = false;
+                            tracing::warn!(port = %port.name, polls = misses, "the sensor did not answer {misses} polls in a row");
+                            if !availability(tx, port, false).await { break Ok(()) }
+                        }
+                    }
+                }
             }
             next = frames.next() => {
                 let event = match next {
@@ -73,6 +153,12 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
                         continue;
                     }
                 };
+                if pending.as_ref().is_some_and(|p| p.reply.matches(&frame)) {
+                    match pending.take().expect("checked").waiting {
+                        Waiting::Command(req) => req.answer(Ok(Some(frame.clone()))),
+                        Waiting::Poll { .. } => misses = 0,
+                    }
+                }
                 let fields = match port.decoder.decode(&frame) {
                     Ok(f) => f,
                     Err(e) => {
@@ -86,7 +172,7 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
                     }
                 };
                 bump(&stats.frames, 1);
-                silence.as_mut().reset(tokio::time::Instant::now() + port.silence_timeout);
+                silence.as_mut().reset(Instant::now() + port.silence_timeout);
                 if !online {
                     online = true;
                     if !availability(tx, port, true).await { break Ok(()) }
@@ -107,10 +193,25 @@ pub async fn read_frames<R: AsyncRead + Unpin>(
             }
         }
     };
+    if let Some(Pending { waiting: Waiting::Command(req), .. }) = pending {
+        req.answer(Err("the port closed before the reply came".into()));
+    }
     if online {
         availability(tx, port, false).await;
     }
     result
+}
+
+/// Writes one request whole, within `WRITE_TIMEOUT`.
+async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    let all = async {
+        writer.write_all(bytes).await?;
+        writer.flush().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, all).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the device took no bytes for 5 s")),
+    }
 }
 
 pub(super) async fn availability(tx: &mpsc::Sender<PortEvent>, port: &PortSettings, online: bool) -> bool {

@@ -5,12 +5,14 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use super::*;
 use crate::decode::settings::DecoderSettings;
+use crate::serial::poll::PollSettings;
 use crate::serial::port::{Device, FlowControl, Parity};
+use crate::serial::request::{PortRequest, ReplySpec};
 
 const SILENCE: Duration = Duration::from_secs(10);
 
@@ -34,6 +36,8 @@ pub(crate) fn port(framing: &str, decoder: &str) -> PortSettings {
         availability_topic: "gw/p/availability".into(),
         skip_first_frames: 0,
         reopen_backoff_max: Duration::from_secs(30),
+        poll: None,
+        commands: Vec::new(),
         fingerprint: String::new(),
     }
 }
@@ -45,6 +49,7 @@ fn text_port() -> PortSettings {
 /// What the test sees of a running reader: its events, counters and log lines.
 struct Running {
     device: tokio::io::DuplexStream,
+    requests: mpsc::Sender<PortRequest>,
     events: mpsc::Receiver<PortEvent>,
     stats: Arc<PortStats>,
     log: Arc<Mutex<Vec<u8>>>,
@@ -75,8 +80,13 @@ fn run(port: PortSettings) -> Running {
     let stats = Arc::new(PortStats::default());
     let shutdown = CancellationToken::new();
     let (s, c) = (stats.clone(), shutdown.clone());
-    tokio::spawn(async move { read_frames(ours, &port, &tx, &s, &c).await });
-    Running { device, events, stats, log, _log_guard: guard, shutdown }
+    let (requests, mut requests_rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let (r, w) = tokio::io::split(ours);
+        let io = Channels { tx: &tx, stats: &s, shutdown: &c, requests: &mut requests_rx };
+        read_frames(r, w, &port, io).await
+    });
+    Running { device, requests, events, stats, log, _log_guard: guard, shutdown }
 }
 
 impl Running {
@@ -98,7 +108,7 @@ impl Running {
 fn online(ev: &PortEvent) -> Option<bool> {
     match ev {
         PortEvent::Availability { online, .. } => Some(*online),
-        PortEvent::Reading(_) => None,
+        PortEvent::Reading(_) | PortEvent::Message(_) => None,
     }
 }
 
@@ -182,5 +192,105 @@ async fn bytes_at_the_wrong_baud_rate_are_warned_about_once_per_period() {
     assert_eq!(warnings.len(), 2, "{warnings:?}");
     assert!(warnings[1].contains(&format!("({errors} since the last warning)")), "{warnings:?}");
     assert!(r.events.try_recv().is_err(), "nothing published from noise");
+    r.shutdown.cancel();
+}
+
+/// An MH-Z19B as the datasheet describes it: 9-byte frames `FF 86 …` with a two's-complement sum.
+fn mhz19b_port() -> PortSettings {
+    let mut p =
+        port("type: fixed\nlength: 9\nheader: \"FF 86\"", "type: binary\nfields: [{ name: co2, at: 2, type: u16 }]");
+    p.checksum = crate::serial::checksum::ChecksumSettings {
+        kind: crate::serial::checksum::ChecksumKind::Sum8Neg,
+        start: 1,
+        end: None,
+        at: None,
+        byte_order: crate::bytes::ByteOrder::Big,
+        encoding: crate::serial::checksum::ChecksumEncoding::Binary,
+        required: true,
+        strip: false,
+    }
+    .resolve();
+    p.poll = Some(serde_yaml::from_str::<PollSettings>("every: 5s\nrequest: \"FF 01 86 00 00 00 00 00 79\"").unwrap());
+    p.silence_timeout = Duration::from_secs(3600);
+    p
+}
+
+const READ_CO2: [u8; 9] = [0xFF, 0x01, 0x86, 0, 0, 0, 0, 0, 0x79];
+
+fn co2_answer(ppm: u16) -> Vec<u8> {
+    let mut f = vec![0xFF, 0x86, (ppm >> 8) as u8, ppm as u8, 0x40, 0, 0, 0];
+    f.push(crate::serial::checksum::ChecksumKind::Sum8Neg.compute(&f[1..]) as u8);
+    f
+}
+
+impl Running {
+    /// The next `n` bytes the port wrote to the device.
+    async fn written(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        self.device.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_polled_sensor_is_asked_every_period_and_goes_offline_after_three_silent_polls() {
+    let mut r = run(mhz19b_port());
+    let start = Instant::now();
+    for (i, ppm) in [412u16, 415].into_iter().enumerate() {
+        assert_eq!(r.written(9).await, READ_CO2, "poll {i}");
+        assert_eq!(start.elapsed(), Duration::from_secs(5 * i as u64), "polls are `every` apart");
+        r.device.write_all(&co2_answer(ppm)).await.unwrap();
+        if i == 0 {
+            assert_eq!(online(&r.next().await), Some(true));
+        }
+        match r.next().await {
+            PortEvent::Reading(reading) => assert_eq!(reading.fields[0].1, crate::decode::Value::Int(ppm as i64)),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The sensor stops answering: each poll is tried twice (retries: 1), and the third silent poll
+    // marks the port offline.
+    for _ in 0..6 {
+        assert_eq!(r.written(9).await, READ_CO2);
+    }
+    assert_eq!(online(&r.next().await), Some(false));
+    assert_eq!(r.count(&r.stats.polls_unanswered), 3);
+    assert_eq!(r.count(&r.stats.reply_timeouts), 6);
+    assert!(r.warnings().iter().any(|w| w.contains("did not answer 3 polls in a row")), "{:?}", r.warnings());
+    // It answers again: online.
+    assert_eq!(r.written(9).await, READ_CO2);
+    r.device.write_all(&co2_answer(420)).await.unwrap();
+    assert_eq!(online(&r.next().await), Some(true));
+    r.shutdown.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_waits_for_the_poll_in_flight_and_gets_its_reply_or_a_timeout() {
+    let mut r = run(mhz19b_port());
+    assert_eq!(r.written(9).await, READ_CO2);
+    // While the poll waits for its answer, a command comes ("read now", answered like a poll): it
+    // is written only after the poll's answer.
+    let read_now = bytes::Bytes::from_static(&READ_CO2);
+    let reply = ReplySpec { timeout: Duration::from_secs(1), starts_with: bytes::Bytes::from_static(&[0xFF, 0x86]) };
+    let (req, done) = PortRequest::new(read_now.clone(), Some(reply.clone()));
+    r.requests.send(req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut probe = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), r.device.read(&mut probe)).await.is_err(),
+        "nothing written while the poll waits"
+    );
+    r.device.write_all(&co2_answer(500)).await.unwrap();
+    assert_eq!(r.written(9).await, read_now, "then the command, whole");
+    let ack = co2_answer(501);
+    r.device.write_all(&ack).await.unwrap();
+    assert_eq!(done.await.unwrap().unwrap().as_deref(), Some(&ack[..]));
+    // No answer this time: an error after the reply's timeout, and the port carries on.
+    let (req, done) = PortRequest::new(read_now.clone(), Some(reply));
+    r.requests.send(req).await.unwrap();
+    assert_eq!(r.written(9).await, read_now);
+    let asked = Instant::now();
+    assert_eq!(done.await.unwrap(), Err("no reply within 1s".to_string()));
+    assert_eq!(asked.elapsed(), Duration::from_secs(1));
     r.shutdown.cancel();
 }

@@ -99,7 +99,7 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
             if !seen.insert(raw.name.clone()) {
                 p.add(&format!("{path}.name"), format!("port name `{}` is used twice; names must be unique", raw.name));
             }
-            if let Some(mut port) = resolve_port(&raw, &path, &gateway.name, p) {
+            if let Some(mut port) = resolve_port(&raw, &path, &gateway, p) {
                 port.fingerprint = fingerprint;
                 ports.push(port);
             }
@@ -326,13 +326,45 @@ fn resolve_gateway(raw: &RawGateway, p: &mut Problems) -> GatewaySettings {
     if raw.stats_interval.is_zero() {
         p.add("gateway.stats_interval", "must be longer than 0s, e.g. `30s`");
     }
+    let command_filter = command_topics(raw, p);
     GatewaySettings {
         name: raw.name.clone(),
         status_topic,
         channel_capacity,
         stats_interval: raw.stats_interval,
         state_dir: raw.state_dir.clone(),
+        command_topic: raw.command_topic.clone(),
+        result_topic: raw.result_topic.clone(),
+        command_filter,
     }
+}
+
+/// Checks the command and result topic templates; returns the filter that catches every command.
+fn command_topics(raw: &RawGateway, p: &mut Problems) -> String {
+    let vars = [("gateway", raw.name.as_str()), ("port", "+"), ("command", "+")];
+    for (key, text) in [("gateway.command_topic", &raw.command_topic), ("gateway.result_topic", &raw.result_topic)] {
+        let rendered = render_fixed(text, key, &vars, p);
+        let whole_levels = rendered.split('/').all(|l| l == "+" || !l.contains('+'));
+        if !whole_levels || rendered.contains('#') {
+            p.add(
+                key,
+                "`{port}` and `{command}` must each be a whole topic level, e.g. `{gateway}/{port}/set/{command}`",
+            );
+        }
+    }
+    if !raw.command_topic.contains("{port}") || !raw.command_topic.contains("{command}") {
+        p.add("gateway.command_topic", "must contain `{port}` and `{command}`, e.g. `{gateway}/{port}/set/{command}`");
+    }
+    // Problems already reported above; an empty filter then matches nothing.
+    fill(&raw.command_topic, &vars)
+}
+
+/// A template checked already, filled in (empty if it did not parse).
+fn fill(text: &str, vars: &[(&str, &str)]) -> String {
+    Template::parse(text)
+        .ok()
+        .and_then(|t| t.render(|n| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| v.to_string())))
+        .unwrap_or_default()
 }
 
 /// Renders a template that may only use the given placeholders.

@@ -4,10 +4,18 @@
 use tokio_serial::{DataBits, StopBits};
 
 use super::*;
+use crate::command::{Command, CommandSettings};
 use crate::serial::framing::Framing;
+use crate::serial::poll::PollSettings;
 use crate::serial::port::Device;
 
-pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Problems) -> Option<PortSettings> {
+pub(super) fn resolve_port(
+    raw: &RawPort,
+    path: &str,
+    settings: &GatewaySettings,
+    p: &mut Problems,
+) -> Option<PortSettings> {
+    let gateway = settings.name.as_str();
     let start = p.count();
     if !topic_name_ok(&raw.name) {
         p.add(&format!("{path}.name"), "must be non-empty and contain none of `/ + # { }`");
@@ -55,6 +63,18 @@ pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Pro
         place(p, &format!("{path}.decoder"), found);
         decoder
     });
+    let poll = if raw.poll.is_null() {
+        None
+    } else {
+        section::<PollSettings>(raw.poll.clone(), &format!("{path}.poll"), p).filter(|poll| {
+            let mut found = crate::settings::Problems::default();
+            poll.check(&mut found);
+            let ok = found.is_empty();
+            place(p, &format!("{path}.poll"), found);
+            ok
+        })
+    };
+    let commands = resolve_commands(raw, path, settings, p);
     let availability_topic = render_fixed(
         &raw.availability_topic,
         &format!("{path}.availability_topic"),
@@ -79,6 +99,8 @@ pub(super) fn resolve_port(raw: &RawPort, path: &str, gateway: &str, p: &mut Pro
         availability_topic,
         skip_first_frames: raw.skip_first_frames,
         reopen_backoff_max: raw.reopen_backoff_max,
+        poll,
+        commands,
         fingerprint: String::new(),
     })
 }
@@ -91,4 +113,26 @@ fn required<T: serde::de::DeserializeOwned>(v: &Value, path: &str, key: &str, p:
         return None;
     }
     section(v.clone(), path, p)
+}
+
+/// `commands:`: each entry read and checked on its own, its topics rendered; names unique per port.
+fn resolve_commands(raw: &RawPort, path: &str, g: &GatewaySettings, p: &mut Problems) -> Vec<Arc<Command>> {
+    let mut out: Vec<Arc<Command>> = Vec::new();
+    for (i, v) in list(raw.commands.clone(), &format!("{path}.commands"), p).into_iter().enumerate() {
+        let at = format!("{path}.commands[{i}]");
+        let Some(settings) = section::<CommandSettings>(v, &at, p) else { continue };
+        let mut found = crate::settings::Problems::default();
+        let command = settings.resolve(&mut found);
+        place(p, &at, found);
+        let Some(mut command) = command else { continue };
+        if out.iter().any(|c| c.name == command.name) {
+            p.add(&format!("{at}.name"), format!("command `{}` is defined twice on this port", command.name));
+            continue;
+        }
+        let vars = [("gateway", g.name.as_str()), ("port", raw.name.as_str()), ("command", command.name.as_str())];
+        command.topic = fill(&g.command_topic, &vars);
+        command.result_topic = fill(&g.result_topic, &vars);
+        out.push(Arc::new(command));
+    }
+    out
 }

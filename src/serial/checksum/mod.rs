@@ -25,16 +25,19 @@ pub enum ChecksumKind {
     Nmea,
     Xor,
     Sum8,
+    /// The two's complement of the 8-bit sum: what adds up to zero with it (Winsen MH-Z19B, ZE08).
+    Sum8Neg,
     Sum16,
     Crc(CrcAlgorithm),
 }
 
 /// The kinds that are not CRCs, as written.
-const PLAIN_KINDS: [(&str, ChecksumKind); 5] = [
+const PLAIN_KINDS: [(&str, ChecksumKind); 6] = [
     ("none", ChecksumKind::None),
     ("nmea", ChecksumKind::Nmea),
     ("xor", ChecksumKind::Xor),
     ("sum8", ChecksumKind::Sum8),
+    ("sum8_neg", ChecksumKind::Sum8Neg),
     ("sum16", ChecksumKind::Sum16),
 ];
 
@@ -52,7 +55,7 @@ impl ChecksumKind {
     pub fn width(self) -> usize {
         match self {
             ChecksumKind::None => 0,
-            ChecksumKind::Nmea | ChecksumKind::Xor | ChecksumKind::Sum8 => 1,
+            ChecksumKind::Nmea | ChecksumKind::Xor | ChecksumKind::Sum8 | ChecksumKind::Sum8Neg => 1,
             ChecksumKind::Sum16 => 2,
             ChecksumKind::Crc(a) => a.width(),
         }
@@ -64,6 +67,7 @@ impl ChecksumKind {
             ChecksumKind::None => 0,
             ChecksumKind::Nmea | ChecksumKind::Xor => data.iter().fold(0u8, |a, b| a ^ b) as u32,
             ChecksumKind::Sum8 => data.iter().fold(0u8, |a, b| a.wrapping_add(*b)) as u32,
+            ChecksumKind::Sum8Neg => data.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg() as u32,
             ChecksumKind::Sum16 => data.iter().fold(0u16, |a, b| a.wrapping_add(*b as u16)) as u32,
             ChecksumKind::Crc(a) => a.compute(data),
         }
@@ -79,7 +83,7 @@ impl<'de> Deserialize<'de> for ChecksumKind {
                 .map(|s| format!(", did you mean `{s}`?"))
                 .unwrap_or_default();
             de::Error::custom(format!(
-                "unknown checksum type `{name}`{hint} (valid: `none`, `nmea`, `xor`, `sum8`, `sum16`, or a CRC by its \
+                "unknown checksum type `{name}`{hint} (valid: `none`, `nmea`, `xor`, `sum8`, `sum8_neg`, `sum16`, or a CRC by its \
                  catalogue name such as `crc-8/smbus`, `crc-8/nrsc-5`, `crc-16/modbus`, `crc-16/ibm-3740`, \
                  `crc-32/iso-hdlc`)"
             ))
@@ -343,6 +347,8 @@ mod tests {
         assert_eq!(crc("crc32").compute(d), 0xCBF43926);
         assert_eq!(ChecksumKind::Sum8.compute(&[0xFF, 0x02]), 0x01);
         assert_eq!(ChecksumKind::Sum16.compute(&[0xFF, 0x02]), 0x101);
+        // The MH-Z19B "read CO2" request from its datasheet: FF 01 86 00 00 00 00 00 79.
+        assert_eq!(ChecksumKind::Sum8Neg.compute(&[0x01, 0x86, 0, 0, 0, 0, 0]), 0x79);
     }
 
     #[test]
