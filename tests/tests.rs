@@ -9,6 +9,7 @@ mod broker_auth;
 mod broker_limits;
 mod bursts;
 mod cli;
+mod commands;
 mod config_errors;
 mod docs;
 mod garbage;

@@ -678,3 +678,52 @@ async fn sigkill_mid_flight(qos: u8) {
     assert_eq!(q["delivered"].as_u64(), Some(90), "{q}");
     drop(gw);
 }
+
+/// rmqtt runs its publish hooks before its ACL check: a client's publish the ACL refuses must still
+/// not reach the cloud through a `from_clients` rule.
+#[tokio::test]
+async fn a_client_publish_the_acl_refuses_does_not_go_upstream() {
+    let mut s = setup().await;
+    let text = s
+        .config_text("")
+        .replace(
+            "broker: { listeners: [{ bind: \"127.0.0.1:0\" }] }",
+            "broker:\n  listeners: [{ bind: \"127.0.0.1:0\" }]\n  acl: [{ user: \"*\", subscribe: [\"#\"], publish: [\"c/open/#\"] }]",
+        )
+        .replace(
+            "forward: [{ filter: \"s/#\", prefix: \"sites/{gateway}/\", qos: 1 }]",
+            "forward:\n    - { filter: \"s/#\", prefix: \"sites/{gateway}/\", qos: 1 }\n    \
+             - { filter: \"c/#\", prefix: \"sites/{gateway}/\", qos: 1, from_clients: true }",
+        );
+    let gw = start(config_from(&text)).await;
+    wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
+    let local = subscribe(addr(&gw), &[]).await;
+    local.client.publish("c/secret/door", QoS::AtLeastOnce, false, "refused").await.unwrap();
+    local.client.publish("c/open/door", QoS::AtLeastOnce, false, "allowed").await.unwrap();
+    let got = s.sub.next_on("sites/gw/c/").await;
+    assert_eq!((got.topic.as_str(), got.payload.as_str()), ("sites/gw/c/open/door", "allowed"));
+    assert!(s.sub.drain_on("sites/gw/c/", Duration::from_millis(500)).await.is_empty(), "the refused one stayed out");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_command_from_the_cloud_reaches_the_device_through_the_downlink() {
+    let mut s = setup().await;
+    let more = "  downlink: [{ filter: \"sites/{gateway}/cmd/#\", strip_prefix: \"sites/{gateway}/cmd/\" }]\n";
+    let text = s.config_text(more).replace(
+        "    decoder: { type: csv, columns: [n] }",
+        "    decoder: { type: csv, columns: [n] }\n    commands: [{ name: led, text: \"LED {value}\\n\" }]",
+    );
+    let gw = start(config_from(&text)).await;
+    wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
+    // The subscription goes out right after CONNACK; give it a moment to reach the broker.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.sub.client.publish("sites/gw/cmd/gw/a/set/led", QoS::AtLeastOnce, false, "on").await.unwrap();
+    let mut buf = [0u8; 7];
+    tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_exact(&mut s.pty.master, &mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"LED on\n");
+    gw.shutdown().await;
+}

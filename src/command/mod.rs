@@ -72,7 +72,9 @@ impl Commands {
                 _ = cancel.cancelled() => break,
                 m = rx.recv() => match m { Some(m) => m, None => break },
             };
-            let Some(target) = self.table.read().expect("not poisoned").get(&msg.topic).cloned() else { continue };
+            let target = self.table.read().expect("not poisoned").get(&msg.topic).cloned();
+            tracing::debug!(topic = %msg.topic, known = target.is_some(), "command message");
+            let Some(target) = target else { continue };
             let results = results.clone();
             tasks.spawn(async move {
                 let result = carry_out(&target, &msg.payload).await;

@@ -80,6 +80,8 @@ pub struct LocalBroker {
     /// Keeps the password and ACL hooks registered for the broker's lifetime.
     _auth: Box<dyn rmqtt::hook::Register>,
     acl_counters: Arc<acl::AclCounters>,
+    /// The rules, also for the taps: rmqtt runs `MessagePublish` hooks before its ACL check.
+    acl: Arc<acl::Acl>,
     front_counters: Arc<front::FrontCounters>,
     /// New retained topics not stored because the retained store was at a bound.
     retained_refused: Arc<std::sync::atomic::AtomicU64>,
@@ -191,6 +193,7 @@ impl LocalBroker {
             probing: Mutex::new(()),
             _auth: register,
             acl_counters: counters,
+            acl: acl.clone(),
             front_counters,
             front_cancel,
             retained_refused,
@@ -303,7 +306,7 @@ impl LocalBroker {
         register
             .add(
                 rmqtt::hook::Type::MessagePublish,
-                Box::new(tap::ClientTap { filters, include_own, tx, dropped: dropped.clone() }),
+                Box::new(tap::ClientTap { filters, include_own, acl: self.acl.clone(), tx, dropped: dropped.clone() }),
             )
             .await;
         register.start().await;

@@ -1,7 +1,8 @@
 //! A `MessagePublish` hook that copies what is published on chosen filters to the gateway: what MQTT
 //! clients publish (for the upstream bridge, which gets the gateway's own messages directly), and for
-//! commands also what the gateway publishes in-process (the downlink's messages from the cloud). The
-//! broker's ACL runs before it: a publish the ACL refused never reaches it.
+//! commands also what the gateway publishes in-process (the downlink's messages from the cloud).
+//! rmqtt 0.24 runs `MessagePublish` hooks *before* its ACL check, so the tap applies the ACL itself: a
+//! client's publish the ACL refuses is neither forwarded upstream nor taken as a command.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +17,7 @@ pub(super) struct ClientTap {
     pub(super) filters: Vec<String>,
     /// Also what the gateway publishes in-process (the downlink's messages from the cloud).
     pub(super) include_own: bool,
+    pub(super) acl: Arc<super::acl::Acl>,
     pub(super) tx: mpsc::Sender<OutMessage>,
     pub(super) dropped: Arc<AtomicU64>,
 }
@@ -32,6 +34,11 @@ impl Handler for ClientTap {
         // `$` topics (the health probe's, broker internals) never leave the gateway.
         if topic.starts_with('$') || !self.filters.iter().any(|f| rumqttc::matches(topic, f)) {
             return (true, acc);
+        }
+        if let Some(s) = session {
+            if !self.acl.may_publish(s.id.username.as_deref(), s.id.lid, topic) {
+                return (true, acc); // the ACL hook drops it, counts it and logs it
+            }
         }
         let msg =
             OutMessage { topic: topic.to_string(), payload: p.payload.clone(), qos: p.qos as u8, retain: p.retain };

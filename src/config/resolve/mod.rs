@@ -341,11 +341,12 @@ fn resolve_gateway(raw: &RawGateway, p: &mut Problems) -> GatewaySettings {
 
 /// Checks the command and result topic templates; returns the filter that catches every command.
 fn command_topics(raw: &RawGateway, p: &mut Problems) -> String {
-    let vars = [("gateway", raw.name.as_str()), ("port", "+"), ("command", "+")];
+    let vars = [("gateway", raw.name.as_str()), ("port", "port"), ("command", "command")];
+    let wildcard = |level: &str| level == "{port}" || level == "{command}";
     for (key, text) in [("gateway.command_topic", &raw.command_topic), ("gateway.result_topic", &raw.result_topic)] {
-        let rendered = render_fixed(text, key, &vars, p);
-        let whole_levels = rendered.split('/').all(|l| l == "+" || !l.contains('+'));
-        if !whole_levels || rendered.contains('#') {
+        render_fixed(text, key, &vars, p);
+        let whole_levels = text.split('/').all(|l| wildcard(l) || !(l.contains("{port}") || l.contains("{command}")));
+        if !whole_levels || text.contains(['+', '#']) {
             p.add(
                 key,
                 "`{port}` and `{command}` must each be a whole topic level, e.g. `{gateway}/{port}/set/{command}`",
@@ -355,8 +356,11 @@ fn command_topics(raw: &RawGateway, p: &mut Problems) -> String {
     if !raw.command_topic.contains("{port}") || !raw.command_topic.contains("{command}") {
         p.add("gateway.command_topic", "must contain `{port}` and `{command}`, e.g. `{gateway}/{port}/set/{command}`");
     }
-    // Problems already reported above; an empty filter then matches nothing.
-    fill(&raw.command_topic, &vars)
+    raw.command_topic
+        .split('/')
+        .map(|l| if wildcard(l) { "+".to_string() } else { fill(l, &vars) })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// A template checked already, filled in (empty if it did not parse).
