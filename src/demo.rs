@@ -33,6 +33,7 @@ fn sensor_for(port: &str) -> SensorKind {
         "gps" => SensorKind::Nmea,
         "air" => SensorKind::Pms5003,
         "dust" => SensorKind::Sds011,
+        "co2" => SensorKind::Mhz19b,
         _ => SensorKind::Arduino,
     }
 }

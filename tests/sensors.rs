@@ -192,3 +192,60 @@ maps:
     assert_eq!(sub.drain_on("x/", std::time::Duration::from_millis(300)).await, vec![], "no duplicates");
     gw.shutdown().await;
 }
+
+/// A shipped config for a sensor that answers only when asked, with the simulator answering on the
+/// pty's other end, polled every 200 ms instead of the config's period.
+async fn polled(
+    config: &str,
+    kind: SensorKind,
+) -> (ser2mqtt::gateway::Gateway, Subscriber, tokio_util::sync::CancellationToken) {
+    let p = pty();
+    let mut c = shipped_config(config, &[&p.path]);
+    c.ports[0].poll.as_mut().unwrap().every = std::time::Duration::from_millis(200);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let Pty { master, slave, .. } = p;
+    tokio::spawn(async move {
+        let _slave = slave; // the pty lives while the simulator does
+        ser2mqtt::simulate::run(kind, master, 0.0, None, s).await
+    });
+    let gw = start(c).await;
+    let sub = subscribe(addr(&gw), &[("sensors/#", QoS::AtLeastOnce), ("ser2mqtt/#", QoS::AtLeastOnce)]).await;
+    (gw, sub, stop)
+}
+
+#[tokio::test]
+async fn mhz19b_is_polled_and_takes_its_commands() {
+    let (gw, mut sub, stop) = polled("mhz19b.yaml", SensorKind::Mhz19b).await;
+    let co2: u32 = sub.next_on("sensors/ser2mqtt/co2/co2").await.payload.parse().unwrap();
+    assert!((400..460).contains(&co2), "{co2}");
+    assert_eq!(sub.next_on("sensors/ser2mqtt/co2/temperature").await.payload, "21");
+    assert_eq!(sub.next_on("ser2mqtt/co2/availability").await.payload, "online");
+    sub.client.publish("ser2mqtt/co2/set/range", QoS::AtLeastOnce, false, "5000").await.unwrap();
+    let r: serde_json::Value = serde_json::from_str(&sub.next_on("ser2mqtt/co2/result/range").await.payload).unwrap();
+    assert_eq!(r, serde_json::json!({"command": "range", "result": "ok"}));
+    // Polls go on after the command.
+    sub.next_on("sensors/ser2mqtt/co2/co2").await;
+    let s = &gw.stats()[0].1;
+    assert_eq!(s.decode_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    stop.cancel();
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn pms5003_in_passive_mode_is_polled_and_acknowledges_mode_changes() {
+    let (gw, mut sub, stop) = polled("pms5003-passive.yaml", SensorKind::Pms5003Passive).await;
+    let pm25: u32 = sub.next_on("sensors/ser2mqtt/air/pm2_5").await.payload.parse().unwrap();
+    assert!((10..40).contains(&pm25), "{pm25}");
+    sub.client.publish("ser2mqtt/air/set/passive", QoS::AtLeastOnce, false, r#"{"correlation": 7}"#).await.unwrap();
+    let r: serde_json::Value = serde_json::from_str(&sub.next_on("ser2mqtt/air/result/passive").await.payload).unwrap();
+    assert_eq!(
+        r,
+        serde_json::json!({"command": "passive", "correlation": 7, "result": "ok", "reply": "42 4D 00 04 E1 00 01 74"})
+    );
+    sub.next_on("sensors/ser2mqtt/air/pm2_5").await;
+    let s = &gw.stats()[0].1;
+    assert_eq!(s.decode_errors.load(std::sync::atomic::Ordering::Relaxed), 0, "the acknowledgement is not a reading");
+    stop.cancel();
+    gw.shutdown().await;
+}

@@ -53,6 +53,19 @@ pub fn describe(config: &Config, file: &Path) -> String {
             p.decoder.field_names().join(", "),
             p.availability_topic
         );
+        if let Some(poll) = &p.poll {
+            let hex: Vec<String> = poll.request.iter().map(|b| format!("{b:02X}")).collect();
+            let _ = writeln!(
+                s,
+                "  polled every {:?}: writes {}, waits {:?} for the answer",
+                poll.every,
+                hex.join(" "),
+                poll.timeout
+            );
+        }
+        for c in &p.commands {
+            let _ = writeln!(s, "  command `{}`: publish on {}, result on {}", c.name, c.topic, c.result_topic);
+        }
     }
     for (i, m) in config.maps.iter().enumerate() {
         let Some(port) = config.ports.iter().find(|p| p.name == m.port) else { continue };

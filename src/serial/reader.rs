@@ -153,14 +153,20 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         continue;
                     }
                 };
+                // A command's answer (an acknowledgement, say) need not be a reading.
+                let mut command_reply = false;
                 if pending.as_ref().is_some_and(|p| p.reply.matches(&frame)) {
                     match pending.take().expect("checked").waiting {
-                        Waiting::Command(req) => req.answer(Ok(Some(frame.clone()))),
+                        Waiting::Command(req) => {
+                            req.answer(Ok(Some(frame.clone())));
+                            command_reply = true;
+                        }
                         Waiting::Poll { .. } => misses = 0,
                     }
                 }
                 let fields = match port.decoder.decode(&frame) {
                     Ok(f) => f,
+                    Err(_) if command_reply => continue,
                     Err(e) => {
                         bump(&stats.decode_errors, 1);
                         warn.note(1, |n| {

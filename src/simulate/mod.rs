@@ -1,6 +1,8 @@
 //! Simulated sensors that speak the real frame formats (see SENSORS.md): an NMEA 0183 GPS, a Plantower
-//! PMS5003, a Nova SDS011 and an Arduino-style key=value line sensor. They feed the demo, the tests and
-//! the benchmarks, and `ser2mqtt simulate` writes them to a real serial device or pty.
+//! PMS5003, a Nova SDS011 and an Arduino-style key=value line sensor, which send on their own, and
+//! sensors that answer only when asked (`respond`): a Winsen MH-Z19B and a PMS5003 in passive mode.
+//! They feed the demo, the tests and the benchmarks, and `ser2mqtt simulate` runs them on a real
+//! serial device or pty.
 //!
 //! Values wander slowly like real readings; checksums are computed with the same code the gateway
 //! checks them with, so a simulator frame is valid exactly when a real sensor's would be.
@@ -8,10 +10,12 @@
 use std::time::Duration;
 
 use chrono::{Timelike, Utc};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::serial::checksum::ChecksumKind;
+
+pub mod respond;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SensorKind {
@@ -23,12 +27,21 @@ pub enum SensorKind {
     Sds011,
     /// Arduino-style `temp=21.50,hum=48.2` lines.
     Arduino,
+    /// Winsen MH-Z19B CO₂ sensor: answers `FF 01 86 …` with its reading; takes zero and range commands.
+    Mhz19b,
+    /// Plantower PMS5003 in passive mode: answers `42 4D E2 …`; takes mode and sleep commands.
+    Pms5003Passive,
 }
 
 impl SensorKind {
     /// How often the real sensor sends (frames per second).
     pub fn natural_rate(self) -> f64 {
         1.0
+    }
+
+    /// Whether it speaks only when spoken to.
+    pub fn answers_only(self) -> bool {
+        matches!(self, SensorKind::Mhz19b | SensorKind::Pms5003Passive)
     }
 }
 
@@ -49,8 +62,9 @@ impl Simulator {
         self.seq += 1;
         match self.kind {
             SensorKind::Nmea => self.nmea(),
-            SensorKind::Pms5003 => self.pms5003(),
+            SensorKind::Pms5003 | SensorKind::Pms5003Passive => self.pms5003(),
             SensorKind::Sds011 => self.sds011(),
+            SensorKind::Mhz19b => respond::co2_frame(400 + (self.seq % 50) as u16 + self.rng.u16(0..5)),
             SensorKind::Arduino => {
                 let t = 21.5 + (self.seq % 40) as f64 * 0.05 - self.rng.f64() * 0.1;
                 let h = 48.2 + self.rng.f64();
@@ -103,14 +117,18 @@ pub fn nmea_sentence(body: &str) -> Vec<u8> {
 }
 
 /// Writes `kind`'s frames to `out` at `rate` frames per second (0 = as fast as the writer takes them),
-/// stopping after `count` frames if given, or at shutdown. Returns the number of frames written.
-pub async fn run<W: AsyncWrite + Unpin>(
+/// stopping after `count` frames if given, or at shutdown. Returns the number of frames written. A
+/// sensor that answers only when asked answers what it reads from `out` instead (`rate` unused).
+pub async fn run<W: AsyncRead + AsyncWrite + Unpin>(
     kind: SensorKind,
     mut out: W,
     rate: f64,
     count: Option<u64>,
     shutdown: CancellationToken,
 ) -> std::io::Result<u64> {
+    if kind.answers_only() {
+        return respond::run(kind, out, count, shutdown).await;
+    }
     let mut sim = Simulator::new(kind, 0x5e12);
     let mut tick = (rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / rate)));
     let mut written = 0;
