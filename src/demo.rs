@@ -34,6 +34,7 @@ fn sensor_for(port: &str) -> SensorKind {
         "air" => SensorKind::Pms5003,
         "dust" => SensorKind::Sds011,
         "co2" => SensorKind::Mhz19b,
+        "meter" => SensorKind::Sdm120,
         _ => SensorKind::Arduino,
     }
 }
@@ -60,7 +61,11 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
         port.device = Device::Serial(slave.name().unwrap_or_default().into());
         slaves.push(slave);
         let token = sims.clone();
-        tokio::spawn(async move { simulate::run(kind, master, kind.natural_rate(), None, token).await });
+        if kind == SensorKind::Sdm120 {
+            tokio::spawn(simulate::meter::serve(master, vec![1], token));
+        } else {
+            tokio::spawn(async move { simulate::run(kind, master, kind.natural_rate(), None, token).await });
+        }
     }
     eprintln!(
         "ser2mqtt demo: broker on {listen}; try   mosquitto_sub -h {} -p {} -t '#' -v",

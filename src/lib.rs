@@ -21,6 +21,7 @@ pub mod demo;
 pub mod gateway;
 pub mod local_broker;
 pub mod logging;
+pub mod modbus;
 pub mod qos;
 pub mod serial;
 pub mod settings;

@@ -155,6 +155,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 shutdown_signal().await;
                 s.cancel();
             });
+            if sensor == ser2mqtt::simulate::SensorKind::Sdm120 {
+                eprintln!("ser2mqtt simulate: an SDM120 meter as Modbus slave 1 on {}", device.display());
+                ser2mqtt::simulate::meter::serve(port, vec![1], stop).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let rate = rate.unwrap_or(sensor.natural_rate());
             let n = ser2mqtt::simulate::run(sensor, port, rate, count, stop)
                 .await

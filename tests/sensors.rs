@@ -217,10 +217,19 @@ async fn polled(
 #[tokio::test]
 async fn mhz19b_is_polled_and_takes_its_commands() {
     let (gw, mut sub, stop) = polled("mhz19b.yaml", SensorKind::Mhz19b).await;
-    let co2: u32 = sub.next_on("sensors/ser2mqtt/co2/co2").await.payload.parse().unwrap();
-    assert!((400..460).contains(&co2), "{co2}");
-    assert_eq!(sub.next_on("sensors/ser2mqtt/co2/temperature").await.payload, "21");
-    assert_eq!(sub.next_on("ser2mqtt/co2/availability").await.payload, "online");
+    // The reading and `online`, in whichever order they came (`online` may be retained already).
+    let (mut co2, mut temperature, mut online) = (None, None, None);
+    while co2.is_none() || temperature.is_none() || online.is_none() {
+        let g = sub.next_on("").await;
+        match g.topic.as_str() {
+            "sensors/ser2mqtt/co2/co2" => co2 = g.payload.parse::<u32>().ok(),
+            "sensors/ser2mqtt/co2/temperature" => temperature = Some(g.payload),
+            "ser2mqtt/co2/availability" => online = Some(g.payload),
+            _ => {}
+        }
+    }
+    assert!((400..460).contains(&co2.unwrap()), "{co2:?}");
+    assert_eq!((temperature.as_deref(), online.as_deref()), (Some("21"), Some("online")));
     sub.client.publish("ser2mqtt/co2/set/range", QoS::AtLeastOnce, false, "5000").await.unwrap();
     let r: serde_json::Value = serde_json::from_str(&sub.next_on("ser2mqtt/co2/result/range").await.payload).unwrap();
     assert_eq!(r, serde_json::json!({"command": "range", "result": "ok"}));

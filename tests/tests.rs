@@ -14,5 +14,6 @@ mod config_errors;
 mod docs;
 mod garbage;
 mod lifecycle;
+mod modbus;
 mod sensors;
 mod upstream;

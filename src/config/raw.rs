@@ -200,6 +200,9 @@ pub struct RawPort {
     /// A list of `command::CommandSettings`, each read on its own.
     #[serde(default)]
     pub commands: serde_yaml::Value,
+    /// `modbus::ModbusSettings`: a Modbus RTU bus instead of `framing` and `decoder`.
+    #[serde(default)]
+    pub modbus: serde_yaml::Value,
     /// No valid frame for this long marks the port `offline`.
     #[serde(default = "default_silence_timeout", with = "humantime_serde")]
     pub silence_timeout: Duration,

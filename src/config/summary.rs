@@ -50,7 +50,7 @@ pub fn describe(config: &Config, file: &Path) -> String {
             p.name,
             p.device,
             p.baud_rate,
-            p.decoder.field_names().join(", "),
+            p.field_names().join(", "),
             p.availability_topic
         );
         if let Some(poll) = &p.poll {
@@ -63,6 +63,21 @@ pub fn describe(config: &Config, file: &Path) -> String {
                 poll.timeout
             );
         }
+        for slave in p.modbus.iter().flat_map(|m| &m.plan) {
+            let reads: Vec<String> = slave
+                .blocks
+                .iter()
+                .map(|b| format!("{:?} 0x{:04X}+{}", b.function, b.start, b.count).to_lowercase())
+                .collect();
+            let _ = writeln!(
+                s,
+                "  modbus slave {} `{}`: {} read(s): {}",
+                slave.id,
+                slave.name,
+                reads.len(),
+                reads.join(", ")
+            );
+        }
         for c in &p.commands {
             let _ = writeln!(s, "  command `{}`: publish on {}, result on {}", c.name, c.topic, c.result_topic);
         }
@@ -71,7 +86,6 @@ pub fn describe(config: &Config, file: &Path) -> String {
         let Some(port) = config.ports.iter().find(|p| p.name == m.port) else { continue };
         // An example frame: every field present, its value shown as `<name>`, the `when` value matched.
         let fields = port
-            .decoder
             .field_names()
             .into_iter()
             .map(|n| {
@@ -90,7 +104,7 @@ pub fn describe(config: &Config, file: &Path) -> String {
             // A number's placeholder unquoted (`"pm2_5":<pm2_5>`), so the example shows its JSON type.
             let mut payload = String::from_utf8_lossy(&msg.payload).into_owned();
             if payload.starts_with('{') {
-                for name in port.decoder.field_names().iter().filter(|n| port.decoder.numeric(n)) {
+                for name in port.field_names().iter().filter(|n| port.numeric(n)) {
                     payload = payload.replace(&format!("\"<{name}>\""), &format!("<{name}>"));
                 }
             }

@@ -49,8 +49,29 @@ pub struct PortSettings {
     pub poll: Option<PollSettings>,
     /// Commands MQTT clients may send to the device, each on its own topic.
     pub commands: Vec<Arc<Command>>,
+    /// A Modbus RTU bus: polled by `modbus::poll_bus` instead of read as a byte stream (`framing`
+    /// and `decoder` are then unused).
+    pub modbus: Option<Arc<crate::modbus::ModbusPort>>,
     /// Identifies the port's configuration as written; a reload restarts the port only if it changed.
     pub fingerprint: String,
+}
+
+impl PortSettings {
+    /// Every field this port's readings can carry.
+    pub fn field_names(&self) -> Vec<String> {
+        match &self.modbus {
+            Some(m) => m.settings.field_names(),
+            None => self.decoder.field_names(),
+        }
+    }
+
+    /// Whether `name` is always a number.
+    pub fn numeric(&self, name: &str) -> bool {
+        match &self.modbus {
+            Some(_) => name != "slave",
+            None => self.decoder.numeric(name),
+        }
+    }
 }
 
 /// A port's `parity:`.
@@ -105,9 +126,12 @@ pub struct PortStats {
     pub reply_timeouts: AtomicU64,
     /// Polls left unanswered after their retries.
     pub polls_unanswered: AtomicU64,
+    /// Per slave, on a Modbus port.
+    #[serde(skip_serializing_if = "crate::modbus::BusCounters::is_empty")]
+    pub modbus: crate::modbus::BusCounters,
 }
 
-pub(super) fn bump(c: &AtomicU64, n: u64) {
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
@@ -144,12 +168,14 @@ pub async fn run_port(
                 failing = None;
                 backoff = FIRST_BACKOFF;
                 let io = Channels { tx: &tx, stats: &stats, shutdown: &shutdown, requests: &mut requests };
-                let result = match device {
-                    Opened::Serial(s) => {
+                let result = match (device, &port.modbus) {
+                    (Opened::Serial(s), Some(m)) => crate::modbus::poll_bus(s, &port, &m.plan, &m.settings, io).await,
+                    (Opened::Tcp(t), Some(m)) => crate::modbus::poll_bus(t, &port, &m.plan, &m.settings, io).await,
+                    (Opened::Serial(s), None) => {
                         let (r, w) = tokio::io::split(s);
                         read_frames(r, w, &port, io).await
                     }
-                    Opened::Tcp(t) => {
+                    (Opened::Tcp(t), None) => {
                         let (r, w) = t.into_split();
                         read_frames(r, w, &port, io).await
                     }

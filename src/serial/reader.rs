@@ -220,7 +220,7 @@ async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::
     }
 }
 
-pub(super) async fn availability(tx: &mpsc::Sender<PortEvent>, port: &PortSettings, online: bool) -> bool {
+pub(crate) async fn availability(tx: &mpsc::Sender<PortEvent>, port: &PortSettings, online: bool) -> bool {
     let ev = PortEvent::Availability { port: port.name.clone(), topic: port.availability_topic.clone(), online };
     tx.send(ev).await.is_ok()
 }

@@ -38,6 +38,7 @@ pub(crate) fn port(framing: &str, decoder: &str) -> PortSettings {
         reopen_backoff_max: Duration::from_secs(30),
         poll: None,
         commands: Vec::new(),
+        modbus: None,
         fingerprint: String::new(),
     }
 }

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::serial::checksum::ChecksumKind;
 
+pub mod meter;
 pub mod respond;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -31,6 +32,8 @@ pub enum SensorKind {
     Mhz19b,
     /// Plantower PMS5003 in passive mode: answers `42 4D E2 …`; takes mode and sleep commands.
     Pms5003Passive,
+    /// Eastron SDM120 energy meter, Modbus RTU slave 1: input registers as float32.
+    Sdm120,
 }
 
 impl SensorKind {
@@ -41,7 +44,7 @@ impl SensorKind {
 
     /// Whether it speaks only when spoken to.
     pub fn answers_only(self) -> bool {
-        matches!(self, SensorKind::Mhz19b | SensorKind::Pms5003Passive)
+        matches!(self, SensorKind::Mhz19b | SensorKind::Pms5003Passive | SensorKind::Sdm120)
     }
 }
 
@@ -63,6 +66,8 @@ impl Simulator {
         match self.kind {
             SensorKind::Nmea => self.nmea(),
             SensorKind::Pms5003 | SensorKind::Pms5003Passive => self.pms5003(),
+            // A Modbus slave has no frames of its own: `meter::serve` answers requests.
+            SensorKind::Sdm120 => Vec::new(),
             SensorKind::Sds011 => self.sds011(),
             SensorKind::Mhz19b => respond::co2_frame(400 + (self.seq % 50) as u16 + self.rng.u16(0..5)),
             SensorKind::Arduino => {

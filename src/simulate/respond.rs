@@ -34,7 +34,7 @@ fn answer(kind: SensorKind, sim: &mut Simulator, buf: &[u8]) -> Option<(usize, O
             let reply = (valid && cmd[2] == 0x86).then(|| sim.next_frame());
             Some((9, reply))
         }
-        _ => {
+        SensorKind::Pms5003Passive => {
             let start = buf.windows(2).position(|w| w == [0x42, 0x4D]);
             let Some(start) = start else { return (buf.len() > 1).then(|| (buf.len() - 1, None)) };
             if start > 0 {
@@ -57,6 +57,8 @@ fn answer(kind: SensorKind, sim: &mut Simulator, buf: &[u8]) -> Option<(usize, O
             };
             Some((7, reply))
         }
+        // The others do not answer requests (the Modbus meter is `meter::serve`).
+        _ => (!buf.is_empty()).then_some((buf.len(), None)),
     }
 }
 

@@ -177,10 +177,13 @@ impl Subscriber {
         tokio::time::timeout(wait, self.rx.recv()).await.ok().flatten()
     }
 
-    /// The next message whose topic starts with `prefix` (others are skipped).
+    /// The next message whose topic starts with `prefix` (others are skipped), within WAIT in all:
+    /// a stream of other messages must not keep a failing test waiting for ever.
     pub async fn next_on(&mut self, prefix: &str) -> Got {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let got = self.next_within(WAIT).await.unwrap_or_else(|| panic!("no message on {prefix}* in time"));
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let got = self.next_within(left).await.unwrap_or_else(|| panic!("no message on {prefix}* in time"));
             if got.topic.starts_with(prefix) {
                 return got;
             }

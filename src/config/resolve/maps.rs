@@ -19,7 +19,7 @@ pub(super) fn resolve_map(
         p.add(&format!("{path}.port"), format!("no port is named `{}`{hint} (ports: {})", raw.port, all.join(", ")));
     }
     // Fields this map can see; unknown when the port itself has problems (reported there).
-    let fields: Option<BTreeSet<String>> = port.map(|x| x.decoder.field_names().into_iter().collect());
+    let fields: Option<BTreeSet<String>> = port.map(|x| x.field_names().into_iter().collect());
     let known = |name: &str, key: &str, p: &mut Problems| {
         if let Some(f) = &fields {
             if !f.contains(name) {

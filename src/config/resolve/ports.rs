@@ -5,6 +5,7 @@ use tokio_serial::{DataBits, StopBits};
 
 use super::*;
 use crate::command::{Command, CommandSettings};
+use crate::modbus::{ModbusPort, ModbusSettings};
 use crate::serial::framing::Framing;
 use crate::serial::poll::PollSettings;
 use crate::serial::port::Device;
@@ -45,24 +46,47 @@ pub(super) fn resolve_port(
     if raw.silence_timeout.is_zero() || raw.reopen_backoff_max.is_zero() {
         p.add(path, "`silence_timeout` and `reopen_backoff_max` must be longer than 0s");
     }
-    let framing = required::<Framing>(&raw.framing, &format!("{path}.framing"), "framing", p).filter(|f| {
-        let mut found = crate::settings::Problems::default();
-        f.check(&mut found);
-        let ok = found.is_empty();
-        place(p, &format!("{path}.framing"), found);
-        ok
-    });
-    let checksum = if raw.checksum.is_null() {
-        None
+    let modbus = resolve_modbus(raw, path, p);
+    let (framing, checksum, decoder) = if raw.modbus.is_null() {
+        let framing = required::<Framing>(&raw.framing, &format!("{path}.framing"), "framing", p).filter(|f| {
+            let mut found = crate::settings::Problems::default();
+            f.check(&mut found);
+            let ok = found.is_empty();
+            place(p, &format!("{path}.framing"), found);
+            ok
+        });
+        let checksum = if raw.checksum.is_null() {
+            None
+        } else {
+            section::<ChecksumSettings>(raw.checksum.clone(), &format!("{path}.checksum"), p).and_then(|c| c.resolve())
+        };
+        let decoder =
+            required::<DecoderSettings>(&raw.decoder, &format!("{path}.decoder"), "decoder", p).and_then(|d| {
+                let mut found = crate::settings::Problems::default();
+                let decoder = d.resolve(framing.as_ref().map(Framing::max_frame), &mut found);
+                place(p, &format!("{path}.decoder"), found);
+                decoder
+            });
+        (framing, checksum, decoder)
     } else {
-        section::<ChecksumSettings>(raw.checksum.clone(), &format!("{path}.checksum"), p).and_then(|c| c.resolve())
+        for (key, v) in
+            [("framing", &raw.framing), ("checksum", &raw.checksum), ("decoder", &raw.decoder), ("poll", &raw.poll)]
+        {
+            if !v.is_null() {
+                p.add(
+                    &format!("{path}.{key}"),
+                    "a Modbus port has no `framing`, `checksum`, `decoder` or `poll`: Modbus RTU frames and checks \
+                     itself, and `modbus.slaves[].registers` say what to read and how to decode it",
+                );
+            }
+        }
+        // Unused on a Modbus port: `modbus::poll_bus` reads the bus.
+        (
+            Some(Framing::Lines(crate::serial::framing::Lines { delimiter: "\n".into(), max_length: 1 })),
+            None,
+            Some(crate::decode::FrameDecoder::Binary { fields: Vec::new() }),
+        )
     };
-    let decoder = required::<DecoderSettings>(&raw.decoder, &format!("{path}.decoder"), "decoder", p).and_then(|d| {
-        let mut found = crate::settings::Problems::default();
-        let decoder = d.resolve(framing.as_ref().map(Framing::max_frame), &mut found);
-        place(p, &format!("{path}.decoder"), found);
-        decoder
-    });
     let poll = if raw.poll.is_null() {
         None
     } else {
@@ -101,6 +125,7 @@ pub(super) fn resolve_port(
         reopen_backoff_max: raw.reopen_backoff_max,
         poll,
         commands,
+        modbus,
         fingerprint: String::new(),
     })
 }
@@ -135,4 +160,17 @@ fn resolve_commands(raw: &RawPort, path: &str, g: &GatewaySettings, p: &mut Prob
         out.push(Arc::new(command));
     }
     out
+}
+
+/// `modbus:`: the slaves and registers, and the read plan made from them.
+fn resolve_modbus(raw: &RawPort, path: &str, p: &mut Problems) -> Option<Arc<ModbusPort>> {
+    if raw.modbus.is_null() {
+        return None;
+    }
+    let at = format!("{path}.modbus");
+    let settings = section::<ModbusSettings>(raw.modbus.clone(), &at, p)?;
+    let mut found = crate::settings::Problems::default();
+    let plan = settings.plan(&mut found);
+    place(p, &at, found);
+    Some(Arc::new(ModbusPort { settings, plan: plan? }))
 }

@@ -1,0 +1,82 @@
+//! A Modbus RTU bus on a pty, with tokio-modbus's RTU server playing an SDM120 meter as slave 1 and
+//! nothing answering for slave 2: the live meter's registers arrive as readings, a register it does not
+//! have is an exception that is counted, and the dead slave is asked less and less often.
+
+use std::sync::atomic::Ordering;
+
+use rumqttc::QoS;
+
+use crate::support::*;
+
+fn yaml(device: &std::path::Path) -> String {
+    format!(
+        r#"
+gateway: {{ name: gw, stats_interval: 1s }}
+ports:
+  - name: bus
+    device: {device}
+    modbus:
+      every: 300ms
+      timeout: 200ms
+      offline_after: 2
+      slaves:
+        - id: 1
+          name: meter
+          registers:
+            - {{ name: voltage, address: 0x0000, function: input, type: f32 }}
+            - {{ name: power, address: 0x000C, function: input, type: f32 }}
+            - {{ name: energy, address: 0x0156, function: input, type: f32 }}
+            - {{ name: missing, address: 0x0300, function: input }}
+        - id: 2
+          name: dead
+          registers:
+            - {{ name: voltage, address: 0x0000, function: input, type: f32 }}
+maps:
+  - {{ port: bus, fields: [voltage, power, energy, missing], topic: "m/{{slave}}/{{field}}", qos: 1 }}
+"#,
+        device = device.display()
+    )
+}
+
+#[tokio::test]
+async fn a_live_meter_is_read_while_a_dead_slave_is_backed_off_and_exceptions_are_counted() {
+    let p = pty();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let Pty { master, slave, path } = p;
+    let s = stop.clone();
+    let meter = tokio::spawn(async move {
+        let _slave = slave; // the pty lives while the meter does
+        ser2mqtt::simulate::meter::serve(master, vec![1], s).await
+    });
+    let gw = start(config_from(&yaml(&path))).await;
+    let mut sub = subscribe(addr(&gw), &[("m/#", QoS::AtLeastOnce), ("gw/bus/availability", QoS::AtLeastOnce)]).await;
+    let mut readings = 0;
+    let mut availability = Vec::new();
+    while readings < 10 {
+        let g = sub.next_on("").await;
+        match g.topic.as_str() {
+            "m/meter/voltage" => {
+                let v: f64 = g.payload.parse().unwrap();
+                assert!((230.0..231.0).contains(&v), "{v}");
+                readings += 1;
+            }
+            "m/meter/power" => assert_eq!(g.payload, "345"),
+            "m/meter/energy" => {
+                assert!(g.payload.starts_with("1234.") || g.payload.starts_with("1235."), "{}", g.payload)
+            }
+            "gw/bus/availability" => availability.push(g.payload),
+            other => panic!("nothing else is published: {other} {}", g.payload),
+        }
+    }
+    assert_eq!(availability, ["online"], "the port is online while one slave answers");
+    let counters = gw.stats()[0].1.modbus.snapshot();
+    let (live, dead) = (&counters["meter"], &counters["dead"]);
+    // Three reads per period for the meter (0x0000+14, 0x0156+2, 0x0300+1), one an exception.
+    assert!(live.exceptions >= 10 && live.timeouts == 0, "{live:?}");
+    // The dead slave: asked in periods 1, 2, 4, 8 (then 16…), not in every one of the ≥10 periods.
+    assert!((3..=5).contains(&dead.timeouts) && dead.requests == dead.timeouts, "{dead:?}");
+    assert!(gw.stats()[0].1.frames.load(Ordering::Relaxed) >= 10, "one frame counted per slave reading");
+    gw.shutdown().await;
+    stop.cancel();
+    let _ = meter.await;
+}
