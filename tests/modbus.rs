@@ -80,3 +80,30 @@ async fn a_live_meter_is_read_while_a_dead_slave_is_backed_off_and_exceptions_ar
     stop.cancel();
     let _ = meter.await;
 }
+
+#[tokio::test]
+async fn the_shipped_sdm120_config_reads_its_five_values_from_a_simulated_meter() {
+    let Pty { master, slave, path } = pty();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let meter = tokio::spawn(async move {
+        let _slave = slave;
+        ser2mqtt::simulate::meter::serve(master, vec![1], s).await
+    });
+    let c = shipped_config("sdm120-modbus.yaml", &[&path]);
+    assert_eq!(c.ports[0].modbus.as_ref().unwrap().plan[0].blocks.len(), 3, "five registers in three requests");
+    let gw = start(c).await;
+    let mut sub = subscribe(addr(&gw), &[("sensors/#", QoS::AtLeastOnce)]).await;
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < 5 {
+        let g = sub.next_on("sensors/ser2mqtt/sdm120/").await;
+        got.insert(g.topic.rsplit('/').next().unwrap().to_string(), g.payload);
+    }
+    assert_eq!(got["current"], "1.5");
+    assert_eq!(got["power"], "345");
+    assert_eq!(got["frequency"], "50");
+    assert!(got["voltage"].starts_with("230"), "{got:?}");
+    gw.shutdown().await;
+    stop.cancel();
+    let _ = meter.await;
+}
