@@ -107,3 +107,69 @@ async fn the_shipped_sdm120_config_reads_its_five_values_from_a_simulated_meter(
     stop.cancel();
     let _ = meter.await;
 }
+
+#[tokio::test]
+async fn commands_write_registers_and_coils_on_a_slave_and_refuse_what_does_not_fit() {
+    let Pty { master, slave, path } = pty();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    let meter = tokio::spawn(async move {
+        let _slave = slave;
+        ser2mqtt::simulate::meter::serve(master, vec![1], s).await
+    });
+    let yaml = format!(
+        r#"
+gateway: {{ name: gw }}
+ports:
+  - name: bus
+    device: {device}
+    modbus:
+      every: 200ms
+      timeout: 300ms
+      slaves:
+        - id: 1
+          name: meter
+          registers:
+            - {{ name: period, address: 2 }}
+            - {{ name: limit, address: 4, type: f32, word_order: cdab }}
+    commands:
+      - {{ name: period, modbus: {{ slave: 1, function: write_register, address: 2 }} }}
+      - {{ name: limit, modbus: {{ slave: 1, function: write_registers, address: 4, type: f32, word_order: cdab }} }}
+      - {{ name: relay, modbus: {{ slave: 1, function: write_coil, address: 0 }} }}
+      - {{ name: nowhere, modbus: {{ slave: 1, function: write_register, address: 99 }} }}
+maps:
+  - {{ port: bus, fields: [period, limit], topic: "m/{{field}}" }}
+"#,
+        device = path.display()
+    );
+    let gw = start(config_from(&yaml)).await;
+    let mut sub = subscribe(addr(&gw), &[("m/#", QoS::AtLeastOnce), ("gw/bus/result/#", QoS::AtLeastOnce)]).await;
+    let result = |g: Got| serde_json::from_str::<serde_json::Value>(&g.payload).unwrap();
+    sub.client.publish("gw/bus/set/period", QoS::AtLeastOnce, false, "30").await.unwrap();
+    assert_eq!(result(sub.next_on("gw/bus/result/period").await)["result"], "ok");
+    sub.client.publish("gw/bus/set/limit", QoS::AtLeastOnce, false, "12.5").await.unwrap();
+    assert_eq!(result(sub.next_on("gw/bus/result/limit").await)["result"], "ok");
+    // What was written comes back in the next polls of the holding registers.
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.get("m/period").map(String::as_str) != Some("30")
+        || seen.get("m/limit").map(String::as_str) != Some("12.5")
+    {
+        let g = sub.next_on("m/").await;
+        seen.insert(g.topic, g.payload);
+    }
+    sub.client.publish("gw/bus/set/relay", QoS::AtLeastOnce, false, "on").await.unwrap();
+    assert_eq!(result(sub.next_on("gw/bus/result/relay").await)["result"], "ok");
+    // The slave's exception and a value that does not fit, both as errors.
+    sub.client.publish("gw/bus/set/nowhere", QoS::AtLeastOnce, false, "1").await.unwrap();
+    let r = result(sub.next_on("gw/bus/result/nowhere").await);
+    assert_eq!(
+        (r["result"].as_str(), r["reason"].as_str()),
+        (Some("error"), Some("slave 1 answered exception IllegalDataAddress"))
+    );
+    sub.client.publish("gw/bus/set/period", QoS::AtLeastOnce, false, "70000").await.unwrap();
+    let r = result(sub.next_on("gw/bus/result/period").await);
+    assert_eq!(r["reason"], "`value` = 70000 does not fit u16 (0..=65535)");
+    gw.shutdown().await;
+    stop.cancel();
+    let _ = meter.await;
+}

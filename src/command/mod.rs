@@ -96,8 +96,10 @@ async fn carry_out(target: &Target, payload: &[u8]) -> OutMessage {
         if let Some(c) = payload.correlation.clone() {
             result.insert("correlation".into(), c);
         }
-        let bytes = command.build(&payload)?;
-        let (req, done) = PortRequest::new(bytes, command.reply.clone());
+        let (req, done) = match &command.modbus {
+            Some(m) => PortRequest::modbus(m.build(&payload)?),
+            None => PortRequest::new(command.build(&payload)?, command.reply.clone()),
+        };
         match target.requests.try_send(req) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -9,8 +9,10 @@ use serde::Deserialize;
 
 use crate::bytes::{ByteOrder, HexBytes};
 use crate::decode::{binary_width, BinaryType};
+use crate::modbus::settings::{RegisterType, WordOrder};
 use crate::serial::checksum::{ChecksumEncoding, ChecksumKind};
 use crate::serial::request::ReplySpec;
+use crate::serial::request::{ModbusOp, ModbusWrite};
 use crate::settings::Problems;
 use crate::topic_map::Template;
 
@@ -36,6 +38,44 @@ pub struct CommandSettings {
     /// Wait for the device's answer: `ok` only once it came.
     #[serde(default)]
     pub reply: Option<ReplySettings>,
+    /// On a Modbus port: a write to a slave (functions 5, 6, 16) instead of bytes.
+    #[serde(default)]
+    pub modbus: Option<ModbusCommand>,
+}
+
+/// A command's `modbus:`: which slave, which write, and how the payload's value becomes registers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusCommand {
+    pub slave: u8,
+    pub function: WriteFunction,
+    pub address: u16,
+    /// The payload value to write (default `value`: a plain payload or a JSON object's `value`).
+    #[serde(default = "default_field")]
+    pub field: String,
+    #[serde(default, rename = "type")]
+    pub kind: RegisterType,
+    #[serde(default)]
+    pub word_order: WordOrder,
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub add: f64,
+}
+
+fn default_field() -> String {
+    "value".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteFunction {
+    /// Function 5: `on`/`off`, `true`/`false`, `1`/`0`.
+    WriteCoil,
+    /// Function 6: one 16-bit register.
+    WriteRegister,
+    /// Function 16: the registers of any `type` (two for 32-bit values).
+    WriteRegisters,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,6 +138,8 @@ pub struct Command {
     parts: Vec<Part>,
     checksum: Option<AppendChecksum>,
     pub reply: Option<ReplySpec>,
+    /// A Modbus write instead of bytes.
+    pub modbus: Option<ModbusCommand>,
     /// Where a client publishes it (`{gateway}/{port}/set/{command}` by default).
     pub topic: String,
     /// Where its result goes.
@@ -118,9 +160,26 @@ impl CommandSettings {
         if self.name.is_empty() || self.name.contains(['/', '+', '#', '{', '}']) {
             found.add("name", "must be non-empty and contain none of `/ + # { }` (it becomes a topic level)");
         }
-        let shorthand = [self.hex.is_some(), self.text.is_some(), !self.send.is_empty()];
+        let shorthand = [self.hex.is_some(), self.text.is_some(), !self.send.is_empty(), self.modbus.is_some()];
         if shorthand.iter().filter(|s| **s).count() != 1 {
             found.add("", "give exactly one of `hex`, `text` or `send` (the bytes the command writes)");
+        }
+        if let Some(m) = &self.modbus {
+            if !(1..=247).contains(&m.slave) {
+                found.add("modbus.slave", format!("{} is not a slave address: use 1 to 247", m.slave));
+            }
+            if m.function == WriteFunction::WriteRegister && m.kind.registers() != 1 {
+                found.add(
+                    "modbus.type",
+                    "`write_register` writes one 16-bit register: use `write_registers` for 32-bit types",
+                );
+            }
+            if m.scale == 0.0 {
+                found.add("modbus.scale", "must not be 0");
+            }
+            if self.checksum.is_some() || self.reply.is_some() {
+                found.add("modbus", "Modbus checks and answers itself: no `checksum` or `reply` here");
+            }
         }
         let mut parts = Vec::new();
         if let Some(h) = &self.hex {
@@ -173,6 +232,7 @@ impl CommandSettings {
                 .reply
                 .as_ref()
                 .map(|r| ReplySpec { timeout: r.timeout, starts_with: Bytes::from(r.starts_with.0.clone()) }),
+            modbus: self.modbus.clone(),
             topic: String::new(),
             result_topic: String::new(),
         })
@@ -230,6 +290,33 @@ impl Payload {
             "the payload has no `{name}` (it has: {})",
             if has.is_empty() { "nothing".into() } else { has.join(", ") }
         )
+    }
+}
+
+impl ModbusCommand {
+    /// The write for `payload`, or why it does not fit (then nothing is written).
+    pub fn build(&self, payload: &Payload) -> Result<ModbusWrite, String> {
+        let op = match self.function {
+            WriteFunction::WriteCoil => {
+                let on = match payload.text(&self.field).as_deref().map(str::to_ascii_lowercase).as_deref() {
+                    Some("on" | "true" | "1") => true,
+                    Some("off" | "false" | "0") => false,
+                    Some(other) => return Err(format!("`{}` is `{other}`: a coil is `on` or `off`", self.field)),
+                    None => return Err(payload.missing(&self.field)),
+                };
+                ModbusOp::Coil(self.address, on)
+            }
+            f => {
+                let v = payload.number(&self.field)?;
+                let words = crate::modbus::settings::encode(v, self.kind, self.word_order, self.scale, self.add)
+                    .map_err(|e| format!("`{}` = {e}", self.field))?;
+                match f {
+                    WriteFunction::WriteRegister => ModbusOp::Register(self.address, words[0]),
+                    _ => ModbusOp::Registers(self.address, words),
+                }
+            }
+        };
+        Ok(ModbusWrite { slave: self.slave, op })
     }
 }
 

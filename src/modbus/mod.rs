@@ -4,6 +4,8 @@
 //! a slave that does not answer costs the others at most `timeout` per period and is asked less
 //! often while it stays silent, so a dead slave never stalls the bus.
 //!
+//! Commands with `modbus:` are written between polls (functions 5, 6, 16), one at a time like reads.
+//!
 //! The protocol is tokio-modbus's: framing, CRC-16/MODBUS, exception replies. It has no request
 //! timeout of its own, so each request runs under `tokio::time::timeout` (dropping a request mid-way
 //! is safe: the client clears its read buffer before the next one).
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::prelude::{Slave, SlaveContext};
 
 pub use settings::{Function, ModbusSettings, SlavePlan};
@@ -31,6 +33,7 @@ pub struct ModbusPort {
 use crate::decode::{Reading, Value};
 use crate::serial::port::{PortEvent, PortSettings};
 use crate::serial::reader::{availability, Channels};
+use crate::serial::request::ModbusOp;
 
 /// The longest a silent slave is skipped: 8 periods, so it is found again within 8 × `every`.
 const MAX_SKIP: u32 = 8;
@@ -110,7 +113,31 @@ where
             _ = shutdown.cancelled() => break Ok(()),
             _ = tick.tick() => {}
             Some(req) = requests.recv() => {
-                req.answer(Err("commands to Modbus slaves are not supported yet".into()));
+                let Some(w) = req.modbus.clone() else {
+                    req.answer(Err("a Modbus port takes Modbus writes only (`modbus:` in the command)".into()));
+                    continue;
+                };
+                ctx.set_slave(Slave(w.slave));
+                let write = async {
+                    match &w.op {
+                        ModbusOp::Coil(a, on) => ctx.write_single_coil(*a, *on).await,
+                        ModbusOp::Register(a, v) => ctx.write_single_register(*a, *v).await,
+                        ModbusOp::Registers(a, words) => ctx.write_multiple_registers(*a, words).await,
+                    }
+                };
+                let outcome = match tokio::time::timeout(settings.timeout, write).await {
+                    Ok(Ok(Ok(()))) => Ok(None),
+                    Ok(Ok(Err(exception))) => Err(format!("slave {} answered exception {exception:?}", w.slave)),
+                    Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                        req.answer(Err(format!("the bus failed: {e}")));
+                        break 'run Err(e);
+                    }
+                    Ok(Err(e)) => Err(format!("not a Modbus reply: {e}")),
+                    Err(_) => Err(format!("slave {} did not answer within {:?}", w.slave, settings.timeout)),
+                };
+                crate::serial::port::bump(&stats.writes, 1);
+                req.answer(outcome);
+                tokio::time::sleep(gap).await;
                 continue;
             }
         }

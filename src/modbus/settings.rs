@@ -259,6 +259,36 @@ pub fn decode(r: &RegisterSettings, words: &[u16]) -> Option<f64> {
     Some(raw * r.scale + r.add)
 }
 
+/// `v` as the registers of a `kind` value in `order`, after `add` is taken off and the rest divided by
+/// `scale` (the inverse of `decode`); an integer type takes the nearest whole number and must hold it.
+pub fn encode(v: f64, kind: RegisterType, order: WordOrder, scale: f64, add: f64) -> Result<Vec<u16>, String> {
+    let x = (v - add) / scale;
+    if !x.is_finite() {
+        return Err(format!("{v} is not a finite number"));
+    }
+    let r = x.round();
+    let fits = |lo: f64, hi: f64| {
+        (lo..=hi)
+            .contains(&r)
+            .then_some(())
+            .ok_or_else(|| format!("{v} does not fit {kind:?} ({lo}..={hi})").to_lowercase())
+    };
+    let be: Vec<u8> = match kind {
+        RegisterType::U16 => fits(0.0, u16::MAX as f64).map(|_| (r as u16).to_be_bytes().to_vec())?,
+        RegisterType::I16 => fits(i16::MIN as f64, i16::MAX as f64).map(|_| (r as i16).to_be_bytes().to_vec())?,
+        RegisterType::U32 => fits(0.0, u32::MAX as f64).map(|_| (r as u32).to_be_bytes().to_vec())?,
+        RegisterType::I32 => fits(i32::MIN as f64, i32::MAX as f64).map(|_| (r as i32).to_be_bytes().to_vec())?,
+        RegisterType::F32 => (x as f32).to_be_bytes().to_vec(),
+    };
+    let bytes = match (be.as_slice(), order) {
+        ([a, b, c, d], WordOrder::Cdab) => vec![*c, *d, *a, *b],
+        ([a, b, c, d], WordOrder::Badc) => vec![*b, *a, *d, *c],
+        ([a, b, c, d], WordOrder::Dcba) => vec![*d, *c, *b, *a],
+        _ => be,
+    };
+    Ok(bytes.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]])).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +330,21 @@ mod tests {
             b.iter().all(|b| b.count <= MAX_REGISTERS_PER_READ) && b.len() == 2,
             "{:?}",
             b.iter().map(|b| b.count).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn encode_is_decodes_inverse_in_every_word_order() {
+        for order in [WordOrder::Abcd, WordOrder::Cdab, WordOrder::Badc, WordOrder::Dcba] {
+            let mut r = reg("v", 0, RegisterType::F32);
+            r.word_order = order;
+            let words = encode(230.5, RegisterType::F32, order, 1.0, 0.0).unwrap();
+            assert_eq!(decode(&r, &words), Some(230.5), "{order:?}");
+        }
+        assert_eq!(encode(-20.0, RegisterType::I16, WordOrder::Abcd, 0.1, 0.0).unwrap(), [0xFF38]);
+        assert_eq!(
+            encode(70000.0, RegisterType::U16, WordOrder::Abcd, 1.0, 0.0).unwrap_err(),
+            "70000 does not fit u16 (0..=65535)"
         );
     }
 

@@ -81,6 +81,11 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 if !availability(tx, port, false).await { break Ok(()) }
             }
             Some(req) = requests.recv(), if pending.is_none() => {
+                if req.modbus.is_some() {
+                    // `check` refuses Modbus commands on other ports; this only guards the invariant.
+                    req.answer(Err("a Modbus write on a port that is not a Modbus bus".into()));
+                    continue;
+                }
                 if let Err(e) = write(&mut writer, &req.bytes).await {
                     req.answer(Err(format!("writing to the device failed: {e}")));
                     break Err(e);

@@ -28,10 +28,29 @@ impl ReplySpec {
 /// What became of a request: the reply frame when one was expected, or why it failed.
 pub type Outcome = Result<Option<Bytes>, String>;
 
+/// A write to a Modbus slave (functions 5, 6 and 16), for a port that is a Modbus bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusWrite {
+    pub slave: u8,
+    pub op: ModbusOp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModbusOp {
+    /// Function 5.
+    Coil(u16, bool),
+    /// Function 6.
+    Register(u16, u16),
+    /// Function 16.
+    Registers(u16, Vec<u16>),
+}
+
 /// One write to a port.
 #[derive(Debug)]
 pub struct PortRequest {
     pub bytes: Bytes,
+    /// Instead of `bytes`, on a Modbus port.
+    pub modbus: Option<ModbusWrite>,
     pub reply: Option<ReplySpec>,
     pub done: oneshot::Sender<Outcome>,
 }
@@ -39,7 +58,12 @@ pub struct PortRequest {
 impl PortRequest {
     pub fn new(bytes: Bytes, reply: Option<ReplySpec>) -> (PortRequest, oneshot::Receiver<Outcome>) {
         let (done, rx) = oneshot::channel();
-        (PortRequest { bytes, reply, done }, rx)
+        (PortRequest { bytes, modbus: None, reply, done }, rx)
+    }
+
+    pub fn modbus(write: ModbusWrite) -> (PortRequest, oneshot::Receiver<Outcome>) {
+        let (done, rx) = oneshot::channel();
+        (PortRequest { bytes: Bytes::new(), modbus: Some(write), reply: None, done }, rx)
     }
 
     pub fn answer(self, outcome: Outcome) {

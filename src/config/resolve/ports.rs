@@ -150,6 +150,16 @@ fn resolve_commands(raw: &RawPort, path: &str, g: &GatewaySettings, p: &mut Prob
         let command = settings.resolve(&mut found);
         place(p, &at, found);
         let Some(mut command) = command else { continue };
+        let modbus_port = !raw.modbus.is_null();
+        if command.modbus.is_some() != modbus_port {
+            let why = if raw.modbus.is_null() {
+                "`modbus:` commands need a Modbus port (one with `modbus:`)"
+            } else {
+                "a Modbus port takes `modbus:` commands (a write to a slave), not bytes"
+            };
+            p.add(&at, why);
+            continue;
+        }
         if out.iter().any(|c| c.name == command.name) {
             p.add(&format!("{at}.name"), format!("command `{}` is defined twice on this port", command.name));
             continue;
