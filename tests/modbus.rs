@@ -132,13 +132,14 @@ ports:
           registers:
             - {{ name: period, address: 2 }}
             - {{ name: limit, address: 4, type: f32, word_order: cdab }}
+            - {{ name: relay, address: 0, function: coil }}
     commands:
       - {{ name: period, modbus: {{ slave: 1, function: write_register, address: 2 }} }}
       - {{ name: limit, modbus: {{ slave: 1, function: write_registers, address: 4, type: f32, word_order: cdab }} }}
       - {{ name: relay, modbus: {{ slave: 1, function: write_coil, address: 0 }} }}
       - {{ name: nowhere, modbus: {{ slave: 1, function: write_register, address: 99 }} }}
 maps:
-  - {{ port: bus, fields: [period, limit], topic: "m/{{field}}" }}
+  - {{ port: bus, fields: [period, limit, relay], topic: "m/{{field}}" }}
 "#,
         device = path.display()
     );
@@ -153,12 +154,15 @@ maps:
     let mut seen = std::collections::BTreeMap::new();
     while seen.get("m/period").map(String::as_str) != Some("30")
         || seen.get("m/limit").map(String::as_str) != Some("12.5")
+        || !seen.contains_key("m/relay")
     {
         let g = sub.next_on("m/").await;
         seen.insert(g.topic, g.payload);
     }
+    assert_eq!(seen.get("m/relay").map(String::as_str), Some("false"), "the coil, read with function 1");
     sub.client.publish("gw/bus/set/relay", QoS::AtLeastOnce, false, "on").await.unwrap();
     assert_eq!(result(sub.next_on("gw/bus/result/relay").await)["result"], "ok");
+    while sub.next_on("m/relay").await.payload != "true" {}
     // The slave's exception and a value that does not fit, both as errors.
     sub.client.publish("gw/bus/set/nowhere", QoS::AtLeastOnce, false, "1").await.unwrap();
     let r = result(sub.next_on("gw/bus/result/nowhere").await);
@@ -172,4 +176,22 @@ maps:
     gw.shutdown().await;
     stop.cancel();
     let _ = meter.await;
+}
+
+/// A pty has no RS-485 mode, as a USB adapter with automatic direction control has none: `rs485:`
+/// there is an open failure, retried like a missing device, and the port says `offline`.
+#[tokio::test]
+async fn rs485_mode_on_a_device_without_it_fails_the_open_and_is_retried() {
+    let p = pty();
+    let yaml = format!(
+        "gateway: {{ name: gw }}\nports:\n  - name: bus\n    device: {}\n    rs485: {{ delay_after_send: 1ms }}\n    framing: {{ type: lines }}\n    decoder: {{ type: csv, columns: [a] }}\n",
+        p.path.display()
+    );
+    let gw = ser2mqtt::gateway::Gateway::start(config_from(&yaml)).await.unwrap();
+    let mut sub = subscribe(addr(&gw), &[("gw/bus/availability", QoS::AtLeastOnce)]).await;
+    assert_eq!(sub.next_on("gw/bus/availability").await.payload, "offline");
+    let stats = gw.stats()[0].1.clone();
+    wait_for("two failed opens", || stats.open_failures.load(Ordering::Relaxed) >= 2).await;
+    assert_eq!(stats.opens.load(Ordering::Relaxed), 0);
+    gw.shutdown().await;
 }

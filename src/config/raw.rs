@@ -200,6 +200,9 @@ pub struct RawPort {
     /// A list of `command::CommandSettings`, each read on its own.
     #[serde(default)]
     pub commands: serde_yaml::Value,
+    /// `serial::rs485::Rs485Settings`: RS-485 direction by RTS, done by the kernel.
+    #[serde(default)]
+    pub rs485: Option<crate::serial::rs485::Rs485Settings>,
     /// `modbus::ModbusSettings`: a Modbus RTU bus instead of `framing` and `decoder`.
     #[serde(default)]
     pub modbus: serde_yaml::Value,

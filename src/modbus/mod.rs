@@ -83,6 +83,12 @@ pub fn interframe_gap(baud: u32) -> Duration {
     }
 }
 
+/// What a read returned.
+enum Words {
+    Registers(Vec<u16>),
+    Bits(Vec<bool>),
+}
+
 struct SlaveState {
     plan: SlavePlan,
     failures: u32,
@@ -153,9 +159,14 @@ where
                 ctx.set_slave(Slave(s.plan.id));
                 stats.modbus.bump(&name, |c| c.requests += 1);
                 let read = async {
+                    use tokio_modbus::Result as R;
+                    let words = |r: R<Vec<u16>>| r.map(|r| r.map(Words::Registers));
+                    let bits = |r: R<Vec<bool>>| r.map(|r| r.map(Words::Bits));
                     match block.function {
-                        Function::Holding => ctx.read_holding_registers(block.start, block.count).await,
-                        Function::Input => ctx.read_input_registers(block.start, block.count).await,
+                        Function::Holding => words(ctx.read_holding_registers(block.start, block.count).await),
+                        Function::Input => words(ctx.read_input_registers(block.start, block.count).await),
+                        Function::Coil => bits(ctx.read_coils(block.start, block.count).await),
+                        Function::DiscreteInput => bits(ctx.read_discrete_inputs(block.start, block.count).await),
                     }
                 };
                 let outcome = tokio::select! {
@@ -163,11 +174,19 @@ where
                     r = tokio::time::timeout(settings.timeout, read) => r,
                 };
                 match outcome {
-                    Ok(Ok(Ok(words))) => {
+                    Ok(Ok(Ok(Words::Registers(words)))) => {
                         answered = true;
                         for (r, offset) in &block.registers {
                             if let Some(v) = words.get(*offset as usize..).and_then(|w| settings::decode(r, w)) {
                                 fields.push((Arc::from(r.name.as_str()), Value::Float(v)));
+                            }
+                        }
+                    }
+                    Ok(Ok(Ok(Words::Bits(bits)))) => {
+                        answered = true;
+                        for (r, offset) in &block.registers {
+                            if let Some(b) = bits.get(*offset as usize) {
+                                fields.push((Arc::from(r.name.as_str()), Value::Bool(*b)));
                             }
                         }
                     }

@@ -11,6 +11,8 @@ use crate::settings::Problems;
 
 /// Most registers one read may ask for (Modbus application protocol §6.3, §6.4).
 pub const MAX_REGISTERS_PER_READ: u16 = 125;
+/// Most coils or discrete inputs one read may ask for (§6.1, §6.2).
+pub const MAX_BITS_PER_READ: u16 = 2000;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,6 +91,24 @@ pub enum Function {
     Holding,
     /// Function 4, read input registers.
     Input,
+    /// Function 1, read coils: `true`/`false`.
+    Coil,
+    /// Function 2, read discrete inputs: `true`/`false`.
+    DiscreteInput,
+}
+
+impl Function {
+    /// Most registers (or bits) one read may ask for (§6.1-6.4).
+    pub fn max_per_read(self) -> u16 {
+        match self {
+            Function::Holding | Function::Input => MAX_REGISTERS_PER_READ,
+            Function::Coil | Function::DiscreteInput => MAX_BITS_PER_READ,
+        }
+    }
+
+    pub fn reads_bits(self) -> bool {
+        matches!(self, Function::Coil | Function::DiscreteInput)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -100,6 +120,17 @@ pub enum RegisterType {
     U32,
     I32,
     F32,
+}
+
+impl RegisterSettings {
+    /// Registers (or bits) it occupies.
+    pub fn width(&self) -> u16 {
+        if self.function.reads_bits() {
+            1
+        } else {
+            self.kind.registers()
+        }
+    }
 }
 
 impl RegisterType {
@@ -171,7 +202,13 @@ impl ModbusSettings {
                 if r.scale == 0.0 {
                     found.add(format!("slaves[{i}].registers[{j}].scale"), "must not be 0");
                 }
-                if u32::from(r.address) + u32::from(r.kind.registers()) > 65536 {
+                if r.function.reads_bits() && r.kind != RegisterType::U16 {
+                    found.add(
+                        format!("slaves[{i}].registers[{j}].type"),
+                        "coils and discrete inputs are bits: leave out `type`",
+                    );
+                }
+                if u32::from(r.address) + u32::from(r.width()) > 65536 {
                     found.add(format!("slaves[{i}].registers[{j}].address"), "runs past register 65535");
                 }
             }
@@ -204,18 +241,18 @@ impl ModbusSettings {
 }
 
 /// Registers grouped into reads: per function, by address, joined across gaps up to `max_gap` and
-/// up to `MAX_REGISTERS_PER_READ` registers.
+/// up to the function's limit per read.
 fn blocks(registers: &[RegisterSettings], max_gap: u16) -> Vec<Block> {
     let mut sorted: Vec<&RegisterSettings> = registers.iter().collect();
     sorted.sort_by_key(|r| (r.function, r.address));
     let mut out: Vec<Block> = Vec::new();
     for r in sorted {
         let end = |b: &Block| u32::from(b.start) + u32::from(b.count);
-        let r_end = u32::from(r.address) + u32::from(r.kind.registers());
+        let r_end = u32::from(r.address) + u32::from(r.width());
         let joins = out.last().is_some_and(|b| {
             b.function == r.function
                 && u32::from(r.address) <= end(b) + u32::from(max_gap)
-                && r_end.max(end(b)) - u32::from(b.start) <= u32::from(MAX_REGISTERS_PER_READ)
+                && r_end.max(end(b)) - u32::from(b.start) <= u32::from(r.function.max_per_read())
         });
         if joins {
             let b = out.last_mut().expect("checked");

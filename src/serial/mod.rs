@@ -8,5 +8,6 @@ pub mod port;
 pub mod probe;
 pub mod reader;
 pub mod request;
+pub mod rs485;
 
 pub use port::{run_port, PortStats};

@@ -52,6 +52,8 @@ pub struct PortSettings {
     /// A Modbus RTU bus: polled by `modbus::poll_bus` instead of read as a byte stream (`framing`
     /// and `decoder` are then unused).
     pub modbus: Option<Arc<crate::modbus::ModbusPort>>,
+    /// The kernel's RS-485 mode, for a UART whose RTS drives the transceiver's direction.
+    pub rs485: Option<super::rs485::Rs485Settings>,
     /// Identifies the port's configuration as written; a reload restarts the port only if it changed.
     pub fingerprint: String,
 }
@@ -293,7 +295,15 @@ async fn open(port: &PortSettings) -> Result<Opened, std::io::Error> {
                 Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")),
             }
         }
-        Device::Serial(path) => open_serial(path, port).map(Opened::Serial).map_err(std::io::Error::from),
+        Device::Serial(path) => {
+            let serial = open_serial(path, port).map_err(std::io::Error::from)?;
+            if let Some(rs485) = &port.rs485 {
+                super::rs485::enable(&serial, rs485).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot turn on RS-485 mode (TIOCSRS485): {e}; an adapter that switches direction itself needs no `rs485:`"))
+                })?;
+            }
+            Ok(Opened::Serial(serial))
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub(crate) fn port(framing: &str, decoder: &str) -> PortSettings {
         poll: None,
         commands: Vec::new(),
         modbus: None,
+        rs485: None,
         fingerprint: String::new(),
     }
 }

@@ -93,6 +93,8 @@ impl tokio_modbus::server::Service for Meter {
                 Ok(Some(Response::WriteSingleCoil(0, on)))
             }
             Request::WriteSingleCoil(..) => Err(ExceptionCode::IllegalDataAddress),
+            Request::ReadCoils(0, 1) => Ok(Some(Response::ReadCoils(vec![self.relay.load(Ordering::Relaxed)]))),
+            Request::ReadCoils(..) => Err(ExceptionCode::IllegalDataAddress),
             _ => Err(ExceptionCode::IllegalFunction),
         })
     }

@@ -126,6 +126,7 @@ pub(super) fn resolve_port(
         poll,
         commands,
         modbus,
+        rs485: raw.rs485.clone(),
         fingerprint: String::new(),
     })
 }
