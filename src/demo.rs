@@ -35,6 +35,7 @@ fn sensor_for(port: &str) -> SensorKind {
         "dust" => SensorKind::Sds011,
         "co2" => SensorKind::Mhz19b,
         "meter" => SensorKind::Sdm120,
+        "air_passive" => SensorKind::Pms5003Passive,
         _ => SensorKind::Arduino,
     }
 }

@@ -69,13 +69,14 @@ async fn demo_publishes_simulated_readings_within_seconds_and_stops_on_sigterm()
             ("sensors/demo/air/pm2_5", QoS::AtLeastOnce),
             ("sensors/demo/co2/co2", QoS::AtLeastOnce),
             ("sensors/demo/sdm120/voltage", QoS::AtLeastOnce),
+            ("sensors/demo/air_passive/pm2_5", QoS::AtLeastOnce),
         ],
     )
     .await;
     // The polled CO2 sensor and the Modbus meter answer at once too: they are first asked when
     // their ports open.
     let mut topics = std::collections::BTreeSet::new();
-    while topics.len() < 4 {
+    while topics.len() < 5 {
         let g = sub.next_on("sensors/demo/").await;
         assert!(g.payload.parse::<f64>().is_ok(), "numeric reading: {g:?}");
         topics.insert(g.topic);
