@@ -727,3 +727,29 @@ async fn a_command_from_the_cloud_reaches_the_device_through_the_downlink() {
     assert_eq!(&buf, b"LED on\n");
     gw.shutdown().await;
 }
+
+/// The retained bridge status keeps the queue's figures current while the link waits out a long
+/// back-off (it repeated the age of the last change before).
+#[tokio::test]
+async fn the_bridge_status_shows_the_queue_ageing_while_the_link_waits() {
+    let mut s = setup().await;
+    s.proxy.set(Link::Refuse);
+    let text = s
+        .config_text("")
+        .replace("reconnect: { min: 100ms, max: 400ms }", "reconnect: { min: 30s, max: 30s }")
+        .replace("gateway: { name: gw,", "gateway: { name: gw, stats_interval: 1s,");
+    let gw = start(config_from(&text)).await;
+    wait_disconnected(&gw).await;
+    write_range(&mut s.pty, 1..=1).await;
+    wait_depth(&gw, 1).await;
+    let mut local = subscribe(addr(&gw), &[("gw/status/bridge", QoS::AtMostOnce)]).await;
+    let mut ages = Vec::new();
+    while ages.len() < 3 {
+        let v: serde_json::Value = serde_json::from_str(&local.next_on("gw/status/bridge").await.payload).unwrap();
+        if let Some(age) = v["queue"]["oldest_age_s"].as_f64() {
+            ages.push(age);
+        }
+    }
+    assert!(ages[2] > ages[0] + 0.5, "the oldest message ages between publishes: {ages:?}");
+    gw.shutdown().await;
+}

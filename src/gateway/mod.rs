@@ -127,10 +127,10 @@ impl Gateway {
         ));
         let reporters = TaskTracker::new();
         let every = config.gateway.stats_interval;
-        if let Some(bridge) = durable.as_ref().and_then(|d| d.bridge.as_ref()) {
+        if let Some((bridge, store)) = durable.as_ref().and_then(|d| d.bridge.as_ref().map(|b| (b, d.store.clone()))) {
             let topic = format!("{}/bridge", config.gateway.status_topic);
             let status = bridge.status.clone();
-            reporters.spawn(report::report_bridge(broker.clone(), topic, status, every, cancel.child_token()));
+            reporters.spawn(report::report_bridge(broker.clone(), topic, status, store, every, cancel.child_token()));
         }
         let (stats_list, stats_rx) = watch::channel(Vec::new());
         let topic = config.gateway.status_topic.clone();

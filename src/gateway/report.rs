@@ -53,13 +53,17 @@ pub(super) async fn report_bridge(
     broker: Arc<LocalBroker>,
     topic: String,
     mut status: watch::Receiver<BridgeStatus>,
+    store: Arc<crate::store::Store>,
     every: Duration,
     cancel: CancellationToken,
 ) {
     // Fast enough to follow an outage by eye, slow enough not to add a message per reading.
     const MIN_SPACING: Duration = Duration::from_secs(1);
     loop {
-        let snapshot = status.borrow_and_update().clone();
+        let mut snapshot = status.borrow_and_update().clone();
+        // The queue's figures as of now: the link updates its status only when something happens,
+        // and an idle queue's oldest message keeps ageing.
+        snapshot.queue = store.status();
         let msg = OutMessage {
             topic: topic.clone(),
             payload: serde_json::to_vec(&snapshot).unwrap_or_default().into(),
