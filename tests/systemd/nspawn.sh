@@ -50,10 +50,16 @@ trap cleanup EXIT
 
 # Greps the unit's journal of this boot (captured first: `grep -q` on a pipe would end journalctl
 # with SIGPIPE, a failure under pipefail). Usage: journal_has PATTERN [journalctl options]
+# journald reads a service's stderr and native messages asynchronously: under load a line written
+# just before the process exited shows up a moment later, so look for up to 10 s.
 journal_has() {
     local out
-    out=$(in_ct journalctl -u ser2mqtt -b --no-pager "${@:2}")
-    grep -q -- "$1" <<< "$out"
+    for _ in $(seq 1 50); do
+        out=$(in_ct journalctl -u ser2mqtt -b --no-pager "${@:2}")
+        grep -q -- "$1" <<< "$out" && return 0
+        sleep 0.2
+    done
+    return 1
 }
 fail() { echo "FAIL: $*" >&2; in_ct journalctl -u ser2mqtt -b --no-pager -n 40 >&2 || true; exit 1; }
 
