@@ -29,4 +29,5 @@ pub mod simulate;
 pub mod store;
 pub mod supervisor;
 pub mod topic_map;
+pub mod transform;
 pub mod upstream;

@@ -23,9 +23,9 @@ async fn nmea_gps_gga_fields_and_sentence_documents_in_order() {
     assert_eq!(
         fields,
         vec![
-            ("sensors/garden-pi/gps/lat", "4807.038"),
+            ("sensors/garden-pi/gps/lat", "48.1173"),
             ("sensors/garden-pi/gps/lat_dir", "N"),
-            ("sensors/garden-pi/gps/lon", "1131"),
+            ("sensors/garden-pi/gps/lon", "11.516667"),
             ("sensors/garden-pi/gps/lon_dir", "E"),
             ("sensors/garden-pi/gps/fix", "1"),
             ("sensors/garden-pi/gps/satellites", "8"),
@@ -41,6 +41,9 @@ async fn nmea_gps_gga_fields_and_sentence_documents_in_order() {
     assert_eq!(rmc["status"], "A");
     assert_eq!(rmc["speed_knots"], 22.4);
     assert_eq!(rmc["date"], "230394");
+    // The fix time as the receiver sent it, apart from the receive time.
+    assert_eq!(rmc["fix_time"], "123519");
+    assert_eq!(rmc["lat"], 48.1173);
     // Stamped with the receive time, in both forms.
     let ts = rmc["ts"].as_i64().unwrap();
     assert!(ts >= before && ts <= chrono::Utc::now().timestamp_millis(), "ts {ts} not within the test");
@@ -256,5 +259,32 @@ async fn pms5003_in_passive_mode_is_polled_and_acknowledges_mode_changes() {
     let s = &gw.stats()[0].1;
     assert_eq!(s.decode_errors.load(std::sync::atomic::Ordering::Relaxed), 0, "the acknowledgement is not a reading");
     stop.cancel();
+    gw.shutdown().await;
+}
+
+/// What a GPS sends besides GGA and RMC (satellites, DOP, course, time, vendor sentences) is ignored,
+/// counted as such, and not a decode error.
+#[tokio::test]
+async fn nmea_sentences_no_map_wants_are_ignored_not_errors() {
+    let mut pty = pty();
+    let gw = start(shipped_config("nmea-gps.yaml", &[&pty.path])).await;
+    let mut sub = subscribe(addr(&gw), &[("sensors/garden-pi/gps/satellites", QoS::AtLeastOnce)]).await;
+    pty.write(GGA).await;
+    for body in [
+        "GPGSA,A,3,04,05,,09,12,,,24,,,,,2.5,1.3,2.1",
+        "GPGSV,2,1,08,01,40,083,46,02,17,308,41,12,07,344,39,14,22,228,45",
+        "GPVTG,054.7,T,034.4,M,005.5,N,010.2,K",
+        "GPGLL,4916.45,N,12311.12,W,225444,A",
+        "GPZDA,201530.00,04,07,2002,00,00",
+        "PGRMZ,246,f,3",
+    ] {
+        pty.write(&nmea_sentence(body)).await;
+    }
+    pty.write(GGA).await;
+    assert_eq!(sub.take_on("sensors/", 2).await.len(), 2, "both GGA fixes published");
+    let s = gw.stats()[0].1.clone();
+    wait_for("six sentences ignored", || s.ignored.load(std::sync::atomic::Ordering::Relaxed) == 6).await;
+    assert_eq!(s.decode_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(s.garbled.load(std::sync::atomic::Ordering::Relaxed), 0);
     gw.shutdown().await;
 }

@@ -200,6 +200,12 @@ pub struct RawPort {
     /// A list of `command::CommandSettings`, each read on its own.
     #[serde(default)]
     pub commands: serde_yaml::Value,
+    /// `transform::Transform`s applied to each frame's fields before maps see them.
+    #[serde(default)]
+    pub transforms: serde_yaml::Value,
+    /// Regexes: frames matching one are counted as `ignored`, not decoded (a GPS's GSV sentences).
+    #[serde(default)]
+    pub ignore: Vec<String>,
     /// `serial::rs485::Rs485Settings`: RS-485 direction by RTS, done by the kernel.
     #[serde(default)]
     pub rs485: Option<crate::serial::rs485::Rs485Settings>,

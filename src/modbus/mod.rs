@@ -211,6 +211,9 @@ where
             }
             if answered {
                 s.failures = 0;
+                for t in &port.transforms {
+                    t.apply(&mut fields);
+                }
                 if fields.len() > 1 {
                     crate::serial::port::bump(&stats.frames, 1);
                     let reading = Reading { port: port.name.clone(), fields, received: chrono::Utc::now() };

@@ -52,6 +52,10 @@ pub struct PortSettings {
     /// A Modbus RTU bus: polled by `modbus::poll_bus` instead of read as a byte stream (`framing`
     /// and `decoder` are then unused).
     pub modbus: Option<Arc<crate::modbus::ModbusPort>>,
+    /// Applied to each frame's fields, in order, before maps see them.
+    pub transforms: Vec<crate::transform::Transform>,
+    /// Frames matching one of these are counted as `ignored` and not decoded.
+    pub ignore: Vec<regex::bytes::Regex>,
     /// The kernel's RS-485 mode, for a UART whose RTS drives the transceiver's direction.
     pub rs485: Option<super::rs485::Rs485Settings>,
     /// Identifies the port's configuration as written; a reload restarts the port only if it changed.
@@ -118,6 +122,8 @@ pub struct PortStats {
     pub garbled: AtomicU64,
     pub bytes_dropped: AtomicU64,
     pub decode_errors: AtomicU64,
+    /// Frames no decoder pattern claims or an `ignore` rule matches (a GPS's GSV sentences): not errors.
+    pub ignored: AtomicU64,
     /// Times this reader waited for the publisher (readings were held back, not dropped).
     pub publisher_waits: AtomicU64,
     pub opens: AtomicU64,

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::framing::{Fixed, FrameCodec, FrameEvent, Framing, Garble, LengthPrefixed, Markers};
 use super::port::{bump, PortEvent, PortSettings, PortStats};
 use super::request::{PortRequest, ReplySpec, WRITE_TIMEOUT};
-use crate::decode::{FrameDecoder, Reading};
+use crate::decode::{DecodeError, FrameDecoder, Reading};
 
 /// At most one warning about garbled input per port in this period (the counters keep the totals).
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -169,9 +169,26 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         Waiting::Poll { .. } => misses = 0,
                     }
                 }
-                let fields = match port.decoder.decode(&frame) {
+                if port.ignore.iter().any(|r| r.is_match(&frame)) {
+                    bump(&stats.ignored, 1);
+                    continue;
+                }
+                let mut fields = match port.decoder.decode(&frame) {
                     Ok(f) => f,
                     Err(_) if command_reply => continue,
+                    Err(DecodeError::NoMatch) => {
+                        // Not an error: a GPS sends many sentences a config has no use for. Said only
+                        // while no frame has matched since the port opened (a wrong pattern, then).
+                        bump(&stats.ignored, 1);
+                        if !online {
+                            warn.note(1, |n| {
+                                let hint = undecodable_hint(&port.decoder, &frame);
+                                tracing::warn!(port = %port.name, ignored_since_last = n,
+                                    "frames match none of the decoder's patterns or keys ({n} since the last warning); none has matched since the port opened{hint}")
+                            });
+                        }
+                        continue;
+                    }
                     Err(e) => {
                         bump(&stats.decode_errors, 1);
                         warn.note(1, |n| {
@@ -182,6 +199,9 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         continue;
                     }
                 };
+                for t in &port.transforms {
+                    t.apply(&mut fields);
+                }
                 bump(&stats.frames, 1);
                 silence.as_mut().reset(Instant::now() + port.silence_timeout);
                 if !online {

@@ -73,6 +73,23 @@ pub(super) fn resolve_map(
     if raw.publish == PublishUnit::PerFrame && payload == PayloadFormat::Plain {
         p.add(&format!("{path}.payload"), "a per-frame message carries several values: use `payload: json`");
     }
+    // Per-frame JSON is stamped with `time` and `ts` (the receive time): a field of that name would be
+    // overwritten without a word.
+    if raw.publish == PublishUnit::PerFrame && payload == PayloadFormat::Json {
+        for stamped in ["time", "ts"] {
+            let published = raw.fields.as_ref().is_none_or(|f| f.iter().any(|n| n == stamped));
+            if published && fields.as_ref().is_some_and(|f| f.contains(stamped)) {
+                p.add(
+                    &format!("{path}.port"),
+                    format!(
+                        "port `{}` decodes a field `{stamped}`, which per-frame JSON payloads use for the receive \
+                         time: rename it in the decoder (e.g. `fix_{stamped}`) or leave it out with `fields:`",
+                        raw.port
+                    ),
+                );
+            }
+        }
+    }
     if p.count() != start {
         return None;
     }

@@ -99,6 +99,30 @@ pub(super) fn resolve_port(
         })
     };
     let commands = resolve_commands(raw, path, settings, p);
+    let names = match (&modbus, &decoder) {
+        (Some(m), _) => m.settings.field_names(),
+        (None, Some(d)) => d.field_names(),
+        (None, None) => Vec::new(),
+    };
+    let mut transforms = Vec::new();
+    for (i, v) in list(raw.transforms.clone(), &format!("{path}.transforms"), p).into_iter().enumerate() {
+        let at = format!("{path}.transforms[{i}]");
+        if let Some(t) = section::<crate::transform::Transform>(v, &at, p) {
+            let mut found = crate::settings::Problems::default();
+            if !names.is_empty() {
+                t.check(&names, &mut found);
+            }
+            place(p, &at, found);
+            transforms.push(t);
+        }
+    }
+    let mut ignore = Vec::new();
+    for (i, re) in raw.ignore.iter().enumerate() {
+        match regex::bytes::Regex::new(re) {
+            Ok(r) => ignore.push(r),
+            Err(e) => p.add(&format!("{path}.ignore[{i}]"), format!("not a valid regex: {e}")),
+        }
+    }
     let availability_topic = render_fixed(
         &raw.availability_topic,
         &format!("{path}.availability_topic"),
@@ -126,6 +150,8 @@ pub(super) fn resolve_port(
         poll,
         commands,
         modbus,
+        transforms,
+        ignore,
         rs485: raw.rs485.clone(),
         fingerprint: String::new(),
     })
