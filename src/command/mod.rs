@@ -4,6 +4,7 @@
 //! `{"command":"zero","result":"ok"}` or `{"result":"error","reason":"…"}`, with the request's
 //! `correlation` and the device's `reply` (hex) when there was one.
 
+pub mod modbus;
 pub mod settings;
 
 use std::collections::HashMap;

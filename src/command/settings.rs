@@ -7,12 +7,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Deserialize;
 
+pub use super::modbus::{ModbusCommand, WriteFunction};
 use crate::bytes::{ByteOrder, HexBytes};
 use crate::decode::{binary_width, BinaryType};
-use crate::modbus::settings::{RegisterType, WordOrder};
 use crate::serial::checksum::{ChecksumEncoding, ChecksumKind};
 use crate::serial::request::ReplySpec;
-use crate::serial::request::{ModbusOp, ModbusWrite};
 use crate::settings::Problems;
 use crate::topic_map::Template;
 
@@ -41,41 +40,6 @@ pub struct CommandSettings {
     /// On a Modbus port: a write to a slave (functions 5, 6, 16) instead of bytes.
     #[serde(default)]
     pub modbus: Option<ModbusCommand>,
-}
-
-/// A command's `modbus:`: which slave, which write, and how the payload's value becomes registers.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModbusCommand {
-    pub slave: u8,
-    pub function: WriteFunction,
-    pub address: u16,
-    /// The payload value to write (default `value`: a plain payload or a JSON object's `value`).
-    #[serde(default = "default_field")]
-    pub field: String,
-    #[serde(default, rename = "type")]
-    pub kind: RegisterType,
-    #[serde(default)]
-    pub word_order: WordOrder,
-    #[serde(default = "one")]
-    pub scale: f64,
-    #[serde(default)]
-    pub add: f64,
-}
-
-fn default_field() -> String {
-    "value".into()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WriteFunction {
-    /// Function 5: `on`/`off`, `true`/`false`, `1`/`0`.
-    WriteCoil,
-    /// Function 6: one 16-bit register.
-    WriteRegister,
-    /// Function 16: the registers of any `type` (two for 32-bit values).
-    WriteRegisters,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -265,7 +229,7 @@ impl Payload {
         Ok(Payload { values, correlation: None })
     }
 
-    fn text(&self, name: &str) -> Option<String> {
+    pub(super) fn text(&self, name: &str) -> Option<String> {
         match self.values.get(name)? {
             serde_json::Value::String(s) => Some(s.clone()),
             serde_json::Value::Null => None,
@@ -273,7 +237,7 @@ impl Payload {
         }
     }
 
-    fn number(&self, name: &str) -> Result<f64, String> {
+    pub(super) fn number(&self, name: &str) -> Result<f64, String> {
         match self.values.get(name) {
             Some(serde_json::Value::Number(n)) => n.as_f64().ok_or_else(|| format!("`{name}` is not a number")),
             Some(serde_json::Value::String(s)) => {
@@ -284,39 +248,12 @@ impl Payload {
         }
     }
 
-    fn missing(&self, name: &str) -> String {
+    pub(super) fn missing(&self, name: &str) -> String {
         let has: Vec<&str> = self.values.keys().map(String::as_str).collect();
         format!(
             "the payload has no `{name}` (it has: {})",
             if has.is_empty() { "nothing".into() } else { has.join(", ") }
         )
-    }
-}
-
-impl ModbusCommand {
-    /// The write for `payload`, or why it does not fit (then nothing is written).
-    pub fn build(&self, payload: &Payload) -> Result<ModbusWrite, String> {
-        let op = match self.function {
-            WriteFunction::WriteCoil => {
-                let on = match payload.text(&self.field).as_deref().map(str::to_ascii_lowercase).as_deref() {
-                    Some("on" | "true" | "1") => true,
-                    Some("off" | "false" | "0") => false,
-                    Some(other) => return Err(format!("`{}` is `{other}`: a coil is `on` or `off`", self.field)),
-                    None => return Err(payload.missing(&self.field)),
-                };
-                ModbusOp::Coil(self.address, on)
-            }
-            f => {
-                let v = payload.number(&self.field)?;
-                let words = crate::modbus::settings::encode(v, self.kind, self.word_order, self.scale, self.add)
-                    .map_err(|e| format!("`{}` = {e}", self.field))?;
-                match f {
-                    WriteFunction::WriteRegister => ModbusOp::Register(self.address, words[0]),
-                    _ => ModbusOp::Registers(self.address, words),
-                }
-            }
-        };
-        Ok(ModbusWrite { slave: self.slave, op })
     }
 }
 
