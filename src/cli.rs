@@ -57,6 +57,21 @@ pub enum Command {
     /// Read a password from standard input (first line) and print its argon2 hash for
     /// `broker.users[].password_hash`.
     HashPassword,
+    /// Run one frame through a port's framing, checksum, decoder, transforms and maps, and print what
+    /// each step made of it and the exact topics and payloads (nothing is opened or published).
+    Try {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// The port whose settings to use.
+        #[arg(long)]
+        port: String,
+        /// The bytes as hex (`"42 4D 00 1C …"`).
+        #[arg(long, conflicts_with = "line", required_unless_present = "line")]
+        hex: Option<String>,
+        /// A text line; the port's delimiter is added if it is a lines port.
+        #[arg(long)]
+        line: Option<String>,
+    },
     /// Print this program's manual page (roff), for packaging.
     #[command(hide = true)]
     Manpage,
@@ -87,4 +102,80 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `ser2mqtt try`: what the port's pipeline makes of `input`, one line per step, as a user reads it.
+pub fn try_frame(config: &crate::config::Config, port: &str, input: &[u8]) -> Result<Vec<String>, String> {
+    use tokio_util::codec::Decoder;
+
+    use crate::serial::framing::{FrameCodec, FrameEvent, Framing};
+
+    let Some(p) = config.ports.iter().find(|p| &*p.name == port) else {
+        let names: Vec<&str> = config.ports.iter().map(|p| &*p.name).collect();
+        return Err(crate::settings::unknown("port", port, &names));
+    };
+    if p.modbus.is_some() {
+        return Err(format!("port `{port}` is a Modbus bus: its frames are tokio-modbus's, not a byte stream"));
+    }
+    let mut bytes = bytes::BytesMut::from(input);
+    if let Framing::Lines(l) = &p.framing {
+        if !input.ends_with(l.delimiter.as_bytes()) {
+            bytes.extend_from_slice(l.delimiter.as_bytes());
+        }
+    }
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<Vec<_>>().join(" ");
+    let mut codec = FrameCodec::new(p.framing.clone(), p.checksum.clone());
+    let mut out = Vec::new();
+    while let Some(ev) = codec.decode_eof(&mut bytes).map_err(|e| e.to_string())? {
+        let frame = match ev {
+            FrameEvent::Frame(f) => f,
+            FrameEvent::Garbled { reason, bytes } => {
+                let why = match reason {
+                    crate::serial::framing::Garble::BadChecksum(e) => e.to_string(),
+                    other => format!("{other:?}"),
+                };
+                out.push(format!("garbled: {bytes} bytes dropped ({why})"));
+                continue;
+            }
+            FrameEvent::Skipped { bytes } => {
+                out.push(format!("garbled: {bytes} more bytes dropped"));
+                continue;
+            }
+        };
+        out.push(format!("frame: {} ({:?})", hex(&frame), String::from_utf8_lossy(&frame)));
+        if p.ignore.iter().any(|r| r.is_match(&frame)) {
+            out.push("ignored: matches an `ignore` rule".into());
+            continue;
+        }
+        let mut fields = match p.decoder.decode(&frame) {
+            Ok(f) => f,
+            Err(e) => {
+                out.push(format!("not decoded: {e}"));
+                continue;
+            }
+        };
+        for t in &p.transforms {
+            t.apply(&mut fields);
+        }
+        let shown: Vec<String> = fields.iter().map(|(n, v)| format!("{n}={}", v.to_plain())).collect();
+        out.push(format!("fields: {}", shown.join(", ")));
+        let reading = crate::decode::Reading { port: p.name.clone(), fields, received: chrono::Utc::now() };
+        let mut messages = Vec::new();
+        for m in &config.maps {
+            m.messages(&config.gateway.name, &reading, &mut messages);
+        }
+        if messages.is_empty() {
+            out.push("no map publishes this frame".into());
+        }
+        for msg in messages {
+            out.push(format!(
+                "publish {}  {}  (qos {}, retain {})",
+                msg.topic,
+                String::from_utf8_lossy(&msg.payload),
+                msg.qos,
+                msg.retain
+            ));
+        }
+    }
+    Ok(out)
 }

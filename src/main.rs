@@ -119,6 +119,31 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Try { config, port, hex, line } => {
+            let c = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(report(e)),
+            };
+            let input = match (hex, line) {
+                (Some(h), _) => {
+                    ser2mqtt::bytes::parse_hex(&h).with_context(|| format!("`{h}` is not hex bytes, e.g. \"42 4D\""))?
+                }
+                (None, Some(l)) => l.into_bytes(),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            match ser2mqtt::cli::try_frame(&c, &port, &input) {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("{l}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("ser2mqtt try: {e}");
+                    Ok(ExitCode::from(64))
+                }
+            }
+        }
         Command::Manpage => {
             use clap::CommandFactory;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).context("writing the manual page")?;

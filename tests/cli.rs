@@ -212,3 +212,32 @@ async fn check_devices_says_which_device_is_there_and_which_is_missing() {
     let out = Command::new(BIN).args(["check", "--devices", "--config"]).arg(&conf).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn try_shows_what_each_step_makes_of_a_frame() {
+    let conf = root().join("configs/nmea-gps.yaml");
+    let run = |line: &str| {
+        let out =
+            Command::new(BIN).args(["try", "--port", "gps", "--line", line, "--config"]).arg(&conf).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run("$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47");
+    assert_eq!(code, Some(0));
+    assert!(out.contains("fields: talker=GP, sentence=GGA, fix_time=123519, lat=48.1173,"), "{out}");
+    assert!(out.contains("publish sensors/garden-pi/gps/lat  48.1173  (qos 1, retain true)"), "{out}");
+    let (_, out, _) = run("$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*48");
+    assert!(
+        out.starts_with("garbled: 67 bytes dropped (checksum mismatch: frame says 0x48, bytes give 0x47)"),
+        "{out}"
+    );
+    assert!(!out.contains("publish"), "{out}");
+    let (_, out, _) = run("x");
+    assert_eq!(out.trim(), "garbled: 3 bytes dropped (checksum required but missing)");
+    let out = Command::new(BIN).args(["try", "--port", "gsp", "--line", "x", "--config"]).arg(&conf).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown port `gsp`, did you mean `gps`?"));
+}
