@@ -163,6 +163,10 @@ async fn serve(
 ) {
     // Closing every connection at once (on Refuse) cancels this generation's token.
     let mut generation = stop.child_token();
+    // While refusing, the port stays bound but not listening, so connections are refused and no other
+    // test can be given the port meanwhile (a freed port was once handed to another test's broker,
+    // and a "refused" link delivered to it).
+    let mut reserved: Option<tokio::net::TcpSocket> = None;
     loop {
         let current = *mode.borrow_and_update();
         match (current, listener.is_some()) {
@@ -170,15 +174,21 @@ async fn serve(
                 listener = None;
                 generation.cancel();
                 generation = stop.child_token();
+                reserved = Some(loop {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.set_reuseaddr(true).unwrap();
+                    match socket.bind(addr) {
+                        Ok(()) => break socket,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                });
             }
             (Link::Pass | Link::BlackHole, false) => {
-                // Re-open the same port (SO_REUSEADDR is set by tokio on Unix).
-                loop {
-                    match TcpListener::bind(addr).await {
-                        Ok(l) => break listener = Some(l),
-                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    }
-                }
+                listener = Some(match reserved.take() {
+                    Some(socket) => socket.listen(1024).unwrap(),
+                    // Not reached: a listener is only closed by Refuse, which reserves the port.
+                    None => TcpListener::bind(addr).await.unwrap(),
+                });
             }
             _ => {}
         }
