@@ -44,6 +44,11 @@ pub fn suggest<'a>(typed: &str, valid: impl IntoIterator<Item = &'a str>) -> Opt
         .map(|(_, v)| v)
 }
 
+/// The default `scale` of every setting that has one (a serde `default` function).
+pub fn one() -> f64 {
+    1.0
+}
+
 /// "unknown `what` `name`, did you mean `x`? (valid: `a`, `b`)".
 pub fn unknown(what: &str, name: &str, valid: &[&str]) -> String {
     let list = valid.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>().join(", ");

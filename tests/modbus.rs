@@ -38,16 +38,35 @@ maps:
     )
 }
 
+/// The simulated SDM120 (slave 1 only) on the master end of a pty; `path` is the end the gateway opens.
+struct Meter {
+    path: std::path::PathBuf,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Meter {
+    fn start() -> Meter {
+        let Pty { master, slave, path } = pty();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            let _slave = slave; // the pty lives while the meter does
+            ser2mqtt::simulate::meter::serve(master, vec![1], s).await
+        });
+        Meter { path, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
 #[tokio::test]
 async fn a_live_meter_is_read_while_a_dead_slave_is_backed_off_and_exceptions_are_counted() {
-    let p = pty();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let Pty { master, slave, path } = p;
-    let s = stop.clone();
-    let meter = tokio::spawn(async move {
-        let _slave = slave; // the pty lives while the meter does
-        ser2mqtt::simulate::meter::serve(master, vec![1], s).await
-    });
+    let meter = Meter::start();
+    let path = meter.path.clone();
     let gw = start(config_from(&yaml(&path))).await;
     let mut sub = subscribe(addr(&gw), &[("m/#", QoS::AtLeastOnce), ("gw/bus/availability", QoS::AtLeastOnce)]).await;
     let mut readings = 0;
@@ -77,19 +96,13 @@ async fn a_live_meter_is_read_while_a_dead_slave_is_backed_off_and_exceptions_ar
     assert!((3..=5).contains(&dead.timeouts) && dead.requests == dead.timeouts, "{dead:?}");
     assert!(gw.stats()[0].1.frames.load(Ordering::Relaxed) >= 10, "one frame counted per slave reading");
     gw.shutdown().await;
-    stop.cancel();
-    let _ = meter.await;
+    meter.stop().await;
 }
 
 #[tokio::test]
 async fn the_shipped_sdm120_config_reads_its_five_values_from_a_simulated_meter() {
-    let Pty { master, slave, path } = pty();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let s = stop.clone();
-    let meter = tokio::spawn(async move {
-        let _slave = slave;
-        ser2mqtt::simulate::meter::serve(master, vec![1], s).await
-    });
+    let meter = Meter::start();
+    let path = meter.path.clone();
     let c = shipped_config("sdm120-modbus.yaml", &[&path]);
     assert_eq!(c.ports[0].modbus.as_ref().unwrap().plan[0].blocks.len(), 3, "five registers in three requests");
     let gw = start(c).await;
@@ -104,19 +117,13 @@ async fn the_shipped_sdm120_config_reads_its_five_values_from_a_simulated_meter(
     assert_eq!(got["frequency"], "50");
     assert!(got["voltage"].starts_with("230"), "{got:?}");
     gw.shutdown().await;
-    stop.cancel();
-    let _ = meter.await;
+    meter.stop().await;
 }
 
 #[tokio::test]
 async fn commands_write_registers_and_coils_on_a_slave_and_refuse_what_does_not_fit() {
-    let Pty { master, slave, path } = pty();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let s = stop.clone();
-    let meter = tokio::spawn(async move {
-        let _slave = slave;
-        ser2mqtt::simulate::meter::serve(master, vec![1], s).await
-    });
+    let meter = Meter::start();
+    let path = meter.path.clone();
     let yaml = format!(
         r#"
 gateway: {{ name: gw }}
@@ -174,8 +181,7 @@ maps:
     let r = result(sub.next_on("gw/bus/result/period").await);
     assert_eq!(r["reason"], "`value` = 70000 does not fit u16 (0..=65535)");
     gw.shutdown().await;
-    stop.cancel();
-    let _ = meter.await;
+    meter.stop().await;
 }
 
 /// A pty has no RS-485 mode, as a USB adapter with automatic direction control has none: `rs485:`

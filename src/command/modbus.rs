@@ -21,7 +21,7 @@ pub struct ModbusCommand {
     pub kind: RegisterType,
     #[serde(default)]
     pub word_order: WordOrder,
-    #[serde(default = "one")]
+    #[serde(default = "crate::settings::one")]
     pub scale: f64,
     #[serde(default)]
     pub add: f64,
@@ -40,10 +40,6 @@ pub enum WriteFunction {
     WriteRegister,
     /// Function 16: the registers of any `type` (two for 32-bit values).
     WriteRegisters,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 impl ModbusCommand {

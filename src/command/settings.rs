@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 pub use super::modbus::{ModbusCommand, WriteFunction};
 use crate::bytes::{ByteOrder, HexBytes};
-use crate::decode::{binary_width, BinaryType};
+use crate::decode::{encode_binary, BinaryType};
 use crate::serial::checksum::{ChecksumEncoding, ChecksumKind};
 use crate::serial::request::ReplySpec;
 use crate::settings::Problems;
@@ -56,14 +56,10 @@ pub struct PartSettings {
     #[serde(default)]
     pub byte_order: ByteOrder,
     /// The payload's value is divided by `scale` after `add` is taken off (the decoder's inverse).
-    #[serde(default = "one")]
+    #[serde(default = "crate::settings::one")]
     pub scale: f64,
     #[serde(default)]
     pub add: f64,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,27 +299,8 @@ fn encode(name: &str, v: f64, kind: BinaryType, order: ByteOrder) -> Result<Vec<
     if !v.is_finite() {
         return Err(format!("`{name}` is not a finite number"));
     }
-    let r = v.round();
-    let fits = |lo: f64, hi: f64| {
-        if (lo..=hi).contains(&r) {
-            Ok(())
-        } else {
-            Err(format!("`{name}` = {v} does not fit {kind:?} ({lo}..={hi})", kind = kind).to_lowercase())
-        }
-    };
-    let mut be: Vec<u8> = match kind {
-        BinaryType::U8 => fits(0.0, u8::MAX as f64).map(|_| vec![r as u8])?,
-        BinaryType::I8 => fits(i8::MIN as f64, i8::MAX as f64).map(|_| (r as i8).to_be_bytes().to_vec())?,
-        BinaryType::U16 => fits(0.0, u16::MAX as f64).map(|_| (r as u16).to_be_bytes().to_vec())?,
-        BinaryType::I16 => fits(i16::MIN as f64, i16::MAX as f64).map(|_| (r as i16).to_be_bytes().to_vec())?,
-        BinaryType::U32 => fits(0.0, u32::MAX as f64).map(|_| (r as u32).to_be_bytes().to_vec())?,
-        BinaryType::I32 => fits(i32::MIN as f64, i32::MAX as f64).map(|_| (r as i32).to_be_bytes().to_vec())?,
-        BinaryType::U64 => fits(0.0, u64::MAX as f64).map(|_| (r as u64).to_be_bytes().to_vec())?,
-        BinaryType::I64 => fits(i64::MIN as f64, i64::MAX as f64).map(|_| (r as i64).to_be_bytes().to_vec())?,
-        BinaryType::F32 => (v as f32).to_be_bytes().to_vec(),
-        BinaryType::F64 => v.to_be_bytes().to_vec(),
-    };
-    debug_assert_eq!(be.len(), binary_width(kind));
+    let mut be = encode_binary(v, kind)
+        .map_err(|(lo, hi)| format!("`{name}` = {v} does not fit {kind:?} ({lo}..={hi})").to_lowercase())?;
     if order == ByteOrder::Little {
         be.reverse();
     }

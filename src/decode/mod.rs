@@ -14,7 +14,10 @@ use serde::Deserialize;
 
 use crate::bytes::ByteOrder;
 
+mod encode;
 pub mod settings;
+
+pub use encode::encode_binary;
 
 /// What a text field's value becomes (`types:` of the regex, CSV and key=value decoders).
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::decode::{encode_binary, BinaryType};
 use crate::settings::Problems;
 
 /// Most registers one read may ask for (Modbus application protocol §6.3, §6.4).
@@ -72,14 +73,10 @@ pub struct RegisterSettings {
     /// For 32-bit values: how the device orders the four bytes (ABCD big-endian, CDAB word-swapped, …).
     #[serde(default)]
     pub word_order: WordOrder,
-    #[serde(default = "one")]
+    #[serde(default = "crate::settings::one")]
     pub scale: f64,
     #[serde(default)]
     pub add: f64,
-}
-
-fn one() -> f64 {
-    1.0
 }
 
 /// Which table a register is read from.
@@ -303,20 +300,15 @@ pub fn encode(v: f64, kind: RegisterType, order: WordOrder, scale: f64, add: f64
     if !x.is_finite() {
         return Err(format!("{v} is not a finite number"));
     }
-    let r = x.round();
-    let fits = |lo: f64, hi: f64| {
-        (lo..=hi)
-            .contains(&r)
-            .then_some(())
-            .ok_or_else(|| format!("{v} does not fit {kind:?} ({lo}..={hi})").to_lowercase())
+    let wire = match kind {
+        RegisterType::U16 => BinaryType::U16,
+        RegisterType::I16 => BinaryType::I16,
+        RegisterType::U32 => BinaryType::U32,
+        RegisterType::I32 => BinaryType::I32,
+        RegisterType::F32 => BinaryType::F32,
     };
-    let be: Vec<u8> = match kind {
-        RegisterType::U16 => fits(0.0, u16::MAX as f64).map(|_| (r as u16).to_be_bytes().to_vec())?,
-        RegisterType::I16 => fits(i16::MIN as f64, i16::MAX as f64).map(|_| (r as i16).to_be_bytes().to_vec())?,
-        RegisterType::U32 => fits(0.0, u32::MAX as f64).map(|_| (r as u32).to_be_bytes().to_vec())?,
-        RegisterType::I32 => fits(i32::MIN as f64, i32::MAX as f64).map(|_| (r as i32).to_be_bytes().to_vec())?,
-        RegisterType::F32 => (x as f32).to_be_bytes().to_vec(),
-    };
+    let be =
+        encode_binary(x, wire).map_err(|(lo, hi)| format!("{v} does not fit {kind:?} ({lo}..={hi})").to_lowercase())?;
     let bytes = match (be.as_slice(), order) {
         ([a, b, c, d], WordOrder::Cdab) => vec![*c, *d, *a, *b],
         ([a, b, c, d], WordOrder::Badc) => vec![*b, *a, *d, *c],
