@@ -32,6 +32,22 @@ fn check_accepts_every_shipped_config_and_shows_example_messages() {
 }
 
 #[test]
+fn check_shows_each_when_value_with_the_fields_its_frames_have() {
+    let out = Command::new(BIN).args(["check", "--config"]).arg(root().join("configs/nmea-gps.yaml")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = |topic: &str| {
+        stdout.lines().find(|l| l.trim_start().starts_with(topic)).unwrap_or_else(|| panic!("{topic}: {stdout}"))
+    };
+    // The GGA example has GGA's fields (and the transformed position as a number), not RMC's.
+    let gga = line("sensors/garden-pi/gps/GGA ");
+    assert!(gga.contains(r#""sentence":"GGA","fix_time":"<fix_time>","lat":<lat>,"#), "{gga}");
+    assert!(gga.contains("satellites") && !gga.contains("speed_knots") && !gga.contains("status"), "{gga}");
+    let rmc = line("sensors/garden-pi/gps/RMC ");
+    assert!(rmc.contains("speed_knots") && !rmc.contains("satellites"), "{rmc}");
+    assert!(stdout.contains("  when sentence is RMC:"), "{stdout}");
+}
+
+#[test]
 fn check_exits_64_and_names_file_line_and_key() {
     let file = root().join("tests/broken_configs/01-unknown-key-typo.yaml");
     let out = Command::new(BIN).args(["check", "--config"]).arg(&file).output().unwrap();

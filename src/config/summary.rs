@@ -5,6 +5,8 @@ use std::fmt::Write;
 use std::path::Path;
 
 use crate::decode::{Reading, Value};
+use crate::serial::port::PortSettings;
+use crate::topic_map::TopicMap;
 
 use super::Config;
 
@@ -84,35 +86,54 @@ pub fn describe(config: &Config, file: &Path) -> String {
     }
     for (i, m) in config.maps.iter().enumerate() {
         let Some(port) = config.ports.iter().find(|p| p.name == m.port) else { continue };
-        // An example frame: every field present, its value shown as `<name>`, the `when` value matched.
-        let fields = port
-            .field_names()
-            .into_iter()
-            .map(|n| {
-                let v = match &m.when {
-                    Some(w) if w.field == n => w.values[0].clone(),
-                    _ => format!("<{n}>"),
-                };
-                (n.as_str().into(), Value::Text(v))
-            })
-            .collect();
-        let reading = Reading { port: port.name.clone(), fields, received: chrono::Utc::now() };
-        let mut out = Vec::new();
-        m.messages(&config.gateway.name, &reading, &mut out);
         let _ = writeln!(s, "map {i} (port `{}`, qos {}, retain {}):", m.port, m.qos, m.retain);
-        for msg in out.iter().take(3) {
-            // A number's placeholder unquoted (`"pm2_5":<pm2_5>`), so the example shows its JSON type.
-            let mut payload = String::from_utf8_lossy(&msg.payload).into_owned();
-            if payload.starts_with('{') {
-                for name in port.field_names().iter().filter(|n| port.numeric(n)) {
-                    payload = payload.replace(&format!("\"<{name}>\""), &format!("<{name}>"));
-                }
+        // One example per value a `when` accepts (the first three), each with the fields that frames
+        // with that value have: a GGA map shows GGA's fields, not RMC's.
+        let cases: Vec<Option<(&str, &str)>> = match &m.when {
+            Some(w) => w.values.iter().take(3).map(|v| Some((w.field.as_str(), v.as_str()))).collect(),
+            None => vec![None],
+        };
+        for case in &cases {
+            if let (Some((field, value)), true) = (case, cases.len() > 1) {
+                let _ = writeln!(s, "  when {field} is {value}:");
             }
-            let _ = writeln!(s, "  {}  {}", msg.topic, payload);
-        }
-        if out.len() > 3 {
-            let _ = writeln!(s, "  … and {} more", out.len() - 3);
+            example(&mut s, config, port, m, *case);
         }
     }
     s
+}
+
+/// Renders the map's messages for an example frame: every field the frame can have, its value shown as
+/// `<name>`, the `when` field set to the value given.
+fn example(s: &mut String, config: &Config, port: &PortSettings, m: &TopicMap, case: Option<(&str, &str)>) {
+    let names = match case {
+        Some((field, value)) => port.field_names_where(field, value),
+        None => port.field_names(),
+    };
+    let fields = names
+        .into_iter()
+        .map(|n| {
+            let v = match case {
+                Some((field, value)) if field == n => value.to_string(),
+                _ => format!("<{n}>"),
+            };
+            (n.as_str().into(), Value::Text(v))
+        })
+        .collect();
+    let reading = Reading { port: port.name.clone(), fields, received: chrono::Utc::now() };
+    let mut out = Vec::new();
+    m.messages(&config.gateway.name, &reading, &mut out);
+    for msg in out.iter().take(3) {
+        // A number's placeholder unquoted (`"pm2_5":<pm2_5>`), so the example shows its JSON type.
+        let mut payload = String::from_utf8_lossy(&msg.payload).into_owned();
+        if payload.starts_with('{') {
+            for name in port.field_names().iter().filter(|n| port.numeric(n)) {
+                payload = payload.replace(&format!("\"<{name}>\""), &format!("<{name}>"));
+            }
+        }
+        let _ = writeln!(s, "  {}  {}", msg.topic, payload);
+    }
+    if out.len() > 3 {
+        let _ = writeln!(s, "  … and {} more", out.len() - 3);
+    }
 }

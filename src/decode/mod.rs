@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::bytes::ByteOrder;
 
+mod capture;
 mod encode;
 pub mod settings;
 
@@ -152,6 +153,20 @@ impl FrameDecoder {
             FrameDecoder::Json { fields } => fields.iter().map(|(n, _)| n.to_string()).collect(),
             FrameDecoder::Binary { fields } => fields.iter().map(|f| f.name.to_string()).collect(),
         };
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|n| seen.insert(n.clone()));
+        names
+    }
+
+    /// The fields of the frames in which `field` can be `value`: for a regex decoder, those of the
+    /// patterns whose group `field` can match `value`; for the others, every field.
+    pub fn field_names_where(&self, field: &str, value: &str) -> Vec<String> {
+        let FrameDecoder::Regex { patterns, .. } = self else { return self.field_names() };
+        let mut names: Vec<String> = patterns
+            .iter()
+            .filter(|p| capture::can_capture(p.as_str(), field, value))
+            .flat_map(|p| p.capture_names().flatten().map(String::from))
+            .collect();
         let mut seen = std::collections::HashSet::new();
         names.retain(|n| seen.insert(n.clone()));
         names

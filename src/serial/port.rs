@@ -71,11 +71,20 @@ impl PortSettings {
         }
     }
 
+    /// The fields of the frames in which `field` is `value` (a map's `when`).
+    pub fn field_names_where(&self, field: &str, value: &str) -> Vec<String> {
+        match &self.modbus {
+            Some(m) => m.settings.field_names(),
+            None => self.decoder.field_names_where(field, value),
+        }
+    }
+
     /// Whether `name` is always a number.
     pub fn numeric(&self, name: &str) -> bool {
         match &self.modbus {
             Some(_) => name != "slave",
-            None => self.decoder.numeric(name),
+            // A transformed field is a number whenever the transform applied (it leaves text alone).
+            None => self.decoder.numeric(name) || self.transforms.iter().any(|t| t.field == name),
         }
     }
 }
