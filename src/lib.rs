@@ -19,6 +19,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod gateway;
+pub mod homeassistant;
 pub mod local_broker;
 pub mod logging;
 pub mod modbus;

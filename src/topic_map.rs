@@ -161,7 +161,8 @@ impl TopicMap {
                 .is_none_or(|w| reading.get(&w.field).is_some_and(|v| w.values.iter().any(|x| *x == v.to_plain())))
     }
 
-    fn wanted(&self, name: &str) -> bool {
+    /// Whether this map publishes the field `name`.
+    pub fn wanted(&self, name: &str) -> bool {
         self.fields.as_ref().is_none_or(|f| f.iter().any(|x| x == name))
     }
 

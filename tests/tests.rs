@@ -13,6 +13,7 @@ mod commands;
 mod config_errors;
 mod docs;
 mod garbage;
+mod homeassistant;
 mod lifecycle;
 mod modbus;
 mod sensors;

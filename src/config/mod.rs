@@ -45,6 +45,8 @@ pub struct Config {
     pub ports: Vec<PortSettings>,
     pub maps: Vec<TopicMap>,
     pub upstream: Option<upstream::UpstreamSettings>,
+    /// Home Assistant discovery, when the file has a `homeassistant:` section.
+    pub homeassistant: Option<crate::homeassistant::HomeAssistant>,
 }
 
 impl Config {

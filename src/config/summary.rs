@@ -100,6 +100,28 @@ pub fn describe(config: &Config, file: &Path) -> String {
             example(&mut s, config, port, m, *case);
         }
     }
+    if let Some(ha) = &config.homeassistant {
+        let source = crate::homeassistant::discovery::Source {
+            gateway: &config.gateway.name,
+            status_topic: &config.gateway.status_topic,
+            ports: &config.ports,
+            maps: &config.maps,
+        };
+        let a = crate::homeassistant::announce(ha, &source);
+        let sensors: Vec<&str> =
+            a.messages.iter().filter(|m| m.topic.contains("/sensor/")).map(|m| m.topic.as_str()).collect();
+        let _ = writeln!(
+            s,
+            "Home Assistant discovery: {} sensors and {} connectivity sensors under {}/…/{}/",
+            sensors.len(),
+            a.messages.len() - sensors.len(),
+            ha.prefix,
+            ha.node_id(&config.gateway.name)
+        );
+        for note in &a.notes {
+            let _ = writeln!(s, "  {note}");
+        }
+    }
     s
 }
 

@@ -96,6 +96,8 @@ pub struct Gateway {
     /// Command topics of the running ports, and the task that carries commands out.
     commands: Commands,
     dispatcher: (JoinHandle<()>, CancellationToken),
+    /// The Home Assistant discovery documents last published (retained), to remove what a reload drops.
+    announced: Vec<crate::topic_map::OutMessage>,
 }
 
 impl Gateway {
@@ -158,11 +160,13 @@ impl Gateway {
             durable,
             commands,
             dispatcher,
+            announced: Vec::new(),
         };
         for port in config.ports {
             gw.spawn_port(port);
         }
         gw.publish_stats_list();
+        gw.announce().await;
         Ok(gw)
     }
 
@@ -174,6 +178,37 @@ impl Gateway {
         let task =
             tokio::spawn(run_port(settings.clone(), self.tx.clone(), stats.clone(), cancel.clone(), requests_rx));
         self.ports.insert(settings.name.clone(), RunningPort { settings, stats, cancel, task });
+    }
+
+    /// Publishes the Home Assistant discovery documents of the running configuration (through the
+    /// publisher, so forward rules take them upstream too), and empty ones for the entities it no
+    /// longer has.
+    async fn announce(&mut self) {
+        let announcement = match &self.config.homeassistant {
+            Some(ha) => {
+                let c = &self.config;
+                let source = crate::homeassistant::discovery::Source {
+                    gateway: &c.gateway.name,
+                    status_topic: &c.gateway.status_topic,
+                    ports: &c.ports,
+                    maps: &c.maps,
+                };
+                crate::homeassistant::announce(ha, &source)
+            }
+            None => Default::default(),
+        };
+        for note in &announcement.notes {
+            tracing::info!("Home Assistant discovery: {note}");
+        }
+        let gone = crate::homeassistant::removals(&self.announced, &announcement.messages);
+        if !gone.is_empty() {
+            tracing::info!(removed = gone.len(), "Home Assistant entities removed");
+        }
+        for msg in gone.into_iter().chain(announcement.messages.iter().cloned()) {
+            // Fails only when the publisher has stopped, i.e. during shutdown.
+            let _ = self.tx.send(PortEvent::Message(msg)).await;
+        }
+        self.announced = announcement.messages;
     }
 
     fn publish_stats_list(&self) {
@@ -302,6 +337,7 @@ impl Gateway {
         self.config.broker = broker;
         self.config.gateway = gateway;
         self.config.upstream = upstream;
+        self.announce().await;
         for list in [&mut report.started, &mut report.restarted, &mut report.stopped, &mut report.unchanged] {
             list.sort();
         }

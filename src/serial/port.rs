@@ -74,8 +74,21 @@ impl PortSettings {
     /// The fields of the frames in which `field` is `value` (a map's `when`).
     pub fn field_names_where(&self, field: &str, value: &str) -> Vec<String> {
         match &self.modbus {
+            Some(m) if field == "slave" => {
+                let slave = m.settings.slaves.iter().zip(&m.plan).find(|(_, plan)| *plan.name == *value);
+                let registers = slave.into_iter().flat_map(|(s, _)| s.registers.iter().map(|r| r.name.clone()));
+                std::iter::once("slave".to_string()).chain(registers).collect()
+            }
             Some(m) => m.settings.field_names(),
             None => self.decoder.field_names_where(field, value),
+        }
+    }
+
+    /// Every value `field` can take, where the configuration says (a Modbus bus's slave names).
+    pub fn values_of(&self, field: &str) -> Option<Vec<String>> {
+        match &self.modbus {
+            Some(m) if field == "slave" => Some(m.plan.iter().map(|s| s.name.to_string()).collect()),
+            _ => None,
         }
     }
 

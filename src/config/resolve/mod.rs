@@ -56,6 +56,8 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
     let mut take = |k: &str| top.remove(k).unwrap_or(Value::Null);
     let (gateway_v, log_v, broker_v, upstream_v, ports_v, maps_v) =
         (take("gateway"), take("log"), take("broker"), take("upstream"), take("ports"), take("maps"));
+    // `homeassistant:` with nothing under it turns discovery on with its defaults.
+    let homeassistant_v = top.remove("homeassistant");
 
     let gateway: RawGateway = section(gateway_v, "gateway", p).unwrap_or_default();
     let log: RawLog = section(log_v, "log", p).unwrap_or_default();
@@ -114,7 +116,14 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
             }
         }
     }
-    Some(Config { gateway, log_level: log.level, broker: broker?, ports, maps, upstream })
+    let homeassistant = homeassistant_v.and_then(|v| {
+        let ha = section::<crate::homeassistant::HomeAssistant>(v, "homeassistant", p)?;
+        let mut found = crate::settings::Problems::default();
+        ha.check(&ports, &all_port_names, &mut found);
+        place(p, "homeassistant", found);
+        Some(ha)
+    });
+    Some(Config { gateway, log_level: log.level, broker: broker?, ports, maps, upstream, homeassistant })
 }
 
 /// A message for an unknown key, with the nearest valid one.
