@@ -308,7 +308,10 @@ async fn a_field_or_port_removed_on_reload_is_removed_from_home_assistant() {
             a.path.display()
         );
         if with_b {
-            y += &format!("  - {{ name: b, device: {}, framing: {{ type: lines }}, decoder: {{ type: csv, columns: [n] }} }}\n", b.path.display());
+            y += &format!(
+                "  - {{ name: b, device: {}, framing: {{ type: lines }}, decoder: {{ type: csv, columns: [n] }} }}\n",
+                b.path.display()
+            );
         }
         y += &format!("maps:\n  - {{ port: a, fields: {fields}, topic: \"a/{{field}}\" }}\n");
         if with_b {
