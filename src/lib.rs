@@ -22,6 +22,7 @@ pub mod gateway;
 pub mod homeassistant;
 pub mod local_broker;
 pub mod logging;
+pub mod metrics;
 pub mod modbus;
 pub mod qos;
 pub mod serial;

@@ -217,6 +217,7 @@ fn exit_code(e: &ser2mqtt::gateway::GatewayError) -> u8 {
         {
             EXIT_ADDRESS_BUSY
         }
+        GatewayError::Metrics { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => EXIT_ADDRESS_BUSY,
         GatewayError::Store(_) => EXIT_STATE,
         _ => EXIT_OTHER,
     }

@@ -162,6 +162,23 @@ fn hash_password_prints_an_argon2_hash_that_check_accepts() {
 /// `run` with a config whose listener address another program holds: exit 69 (the unit restarts it
 /// within its start limit), the cause on stderr; under journald each line carries `<3>` (error).
 #[tokio::test]
+async fn run_exits_69_when_the_metrics_address_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("g.yaml");
+    std::fs::write(
+        &conf,
+        format!("broker: {{ listeners: [{{ bind: \"127.0.0.1:0\" }}] }}\nmetrics: {{ bind: \"{busy}\" }}\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ser2mqtt")).args(["run", "--config"]).arg(&conf).output().unwrap();
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen for /metrics on {busy}")), "{err}");
+}
+
+#[tokio::test]
 async fn run_exits_69_when_the_listener_address_is_taken_and_says_so_at_error_priority() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

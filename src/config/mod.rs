@@ -47,6 +47,8 @@ pub struct Config {
     pub upstream: Option<upstream::UpstreamSettings>,
     /// Home Assistant discovery, when the file has a `homeassistant:` section.
     pub homeassistant: Option<crate::homeassistant::HomeAssistant>,
+    /// `/metrics` and `/healthz`, when the file has a `metrics:` section.
+    pub metrics: Option<crate::metrics::MetricsSettings>,
 }
 
 impl Config {

@@ -20,7 +20,8 @@ pub use crate::topic_map::{PayloadFormat, PublishUnit};
 
 /// The top-level keys, each kept as a raw YAML value so that one bad section does not hide the
 /// problems in the others (every section is deserialized, and reported, on its own).
-pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "log", "broker", "upstream", "ports", "maps", "homeassistant"];
+pub const TOP_LEVEL_KEYS: &[&str] =
+    &["gateway", "log", "broker", "upstream", "ports", "maps", "homeassistant", "metrics"];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,6 +18,9 @@ pub fn describe(config: &Config, file: &Path) -> String {
         let auth = if l.allow_anonymous { "anonymous allowed" } else { "username and password required" };
         let _ = writeln!(s, "broker listens on {} ({auth})", l.addr);
     }
+    if let Some(m) = &config.metrics {
+        let _ = writeln!(s, "metrics on http://{0}/metrics, health on http://{0}/healthz", m.bind);
+    }
     if let Some(u) = &config.upstream {
         let tls = if u.tls.is_some() { "TLS" } else { "plain TCP, no TLS" };
         let _ = writeln!(

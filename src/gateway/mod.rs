@@ -15,7 +15,7 @@ mod report;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,8 +51,51 @@ const FIRST_OPEN_WAIT: Duration = Duration::from_secs(5);
 pub enum GatewayError {
     #[error("embedded broker failed")]
     Broker(#[from] BrokerError),
+    #[error("cannot listen for /metrics on {addr}: {source}")]
+    Metrics { addr: String, source: std::io::Error },
     #[error("cannot open the gateway's store")]
     Store(#[from] StoreError),
+}
+
+/// `/healthz` asks what the watchdog asks; a loopback round trip takes milliseconds, and this stays
+/// well inside the few seconds a probe (Kubernetes, Prometheus' blackbox) allows.
+const HEALTHZ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The health verdict, shared by the watchdog and `/healthz`.
+#[derive(Clone)]
+struct Health {
+    broker: Arc<LocalBroker>,
+    /// Milliseconds since `epoch` when the publisher last completed a loop turn.
+    progress: Arc<AtomicU64>,
+    epoch: Instant,
+    publisher_done: Arc<AtomicBool>,
+}
+
+impl Health {
+    async fn check(&self, timeout: Duration) -> Result<(), String> {
+        if !self.broker.is_running() {
+            return Err("the broker's server task has ended".into());
+        }
+        self.broker.round_trip(timeout).await.map_err(|e| e.to_string())?;
+        let last = Duration::from_millis(self.progress.load(Ordering::Relaxed));
+        let idle = self.epoch.elapsed().saturating_sub(last);
+        if self.publisher_done.load(Ordering::Relaxed) {
+            return Err("the publisher has stopped".into());
+        }
+        if idle > PUBLISHER_HEARTBEAT * 5 {
+            return Err(format!("the publisher has made no progress for {idle:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// Sets its flag when dropped.
+struct DoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for DoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A port task and what it was started with.
@@ -88,9 +131,10 @@ pub struct Gateway {
     tx: mpsc::Sender<PortEvent>,
     maps: watch::Sender<Arc<Vec<TopicMap>>>,
     publisher: JoinHandle<()>,
-    /// Milliseconds since `epoch` when the publisher last completed a loop turn.
-    publisher_progress: Arc<AtomicU64>,
-    epoch: Instant,
+    /// The health verdict (watchdog and `/healthz`).
+    health: Health,
+    /// Where `/metrics` is served, if it is.
+    metrics_addr: Option<SocketAddr>,
     stats_list: watch::Sender<Vec<(Arc<str>, Arc<PortStats>)>>,
     durable: Option<Durable>,
     /// Command topics of the running ports, and the task that carries commands out.
@@ -103,6 +147,15 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the broker (failing if a listener cannot bind), then the ports and the publisher.
     pub async fn start(config: Config) -> Result<Gateway, GatewayError> {
+        // Bound first: a busy address fails the start before anything else runs.
+        let metrics_listener = match &config.metrics {
+            Some(m) => Some(
+                tokio::net::TcpListener::bind(&m.bind)
+                    .await
+                    .map_err(|source| GatewayError::Metrics { addr: m.bind.clone(), source })?,
+            ),
+            None => None,
+        };
         let broker = Arc::new(LocalBroker::start(&config.broker).await?);
         for addr in broker.local_addrs() {
             tracing::info!(%addr, "MQTT broker listening");
@@ -116,17 +169,29 @@ impl Gateway {
 
         let (tx, rx) = mpsc::channel(config.gateway.channel_capacity.get());
         let (maps, maps_rx) = watch::channel(Arc::new(config.maps.clone()));
-        let epoch = Instant::now();
-        let progress = Arc::new(AtomicU64::new(0));
-        let publisher = tokio::spawn(publish_loop(
-            rx,
-            broker.clone(),
-            maps_rx,
-            config.gateway.name.clone(),
-            progress.clone(),
-            epoch,
-            durable.as_ref().map(|d| d.acceptor.clone()),
-        ));
+        let health = Health {
+            broker: broker.clone(),
+            progress: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            publisher_done: Arc::new(AtomicBool::new(false)),
+        };
+        let publisher = {
+            let loop_ = publish_loop(
+                rx,
+                broker.clone(),
+                maps_rx,
+                config.gateway.name.clone(),
+                health.progress.clone(),
+                health.epoch,
+                durable.as_ref().map(|d| d.acceptor.clone()),
+            );
+            // Set however the loop ends, a panic included.
+            let done = DoneOnDrop(health.publisher_done.clone());
+            tokio::spawn(async move {
+                let _done = done;
+                loop_.await
+            })
+        };
         let reporters = TaskTracker::new();
         let every = config.gateway.stats_interval;
         if let Some((bridge, store)) = durable.as_ref().and_then(|d| d.bridge.as_ref().map(|b| (b, d.store.clone()))) {
@@ -135,6 +200,21 @@ impl Gateway {
             reporters.spawn(report::report_bridge(broker.clone(), topic, status, store, every, cancel.child_token()));
         }
         let (stats_list, stats_rx) = watch::channel(Vec::new());
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(listener) = metrics_listener {
+            let sources = crate::metrics::Sources {
+                ports: stats_rx.clone(),
+                broker: broker.clone(),
+                store: durable.as_ref().map(|d| d.store.clone()),
+                bridge: durable.as_ref().and_then(|d| d.bridge.as_ref()).map(|b| b.status.clone()),
+            };
+            let h = health.clone();
+            let check: crate::metrics::HealthCheck = Arc::new(move || {
+                let h = h.clone();
+                Box::pin(async move { h.check(HEALTHZ_TIMEOUT).await })
+            });
+            reporters.spawn(crate::metrics::serve(listener, sources, check, cancel.child_token()));
+        }
         let topic = config.gateway.status_topic.clone();
         reporters.spawn(report::report_stats(broker.clone(), topic, every, stats_rx, cancel.child_token()));
         reporters.close();
@@ -154,8 +234,8 @@ impl Gateway {
             tx,
             maps,
             publisher,
-            publisher_progress: progress,
-            epoch,
+            health,
+            metrics_addr,
             stats_list,
             durable,
             commands,
@@ -221,6 +301,11 @@ impl Gateway {
         self.broker.local_addrs()
     }
 
+    /// Where `/metrics` and `/healthz` are served, if `metrics:` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Per-port counters, by port name (sorted).
     pub fn stats(&self) -> Vec<(Arc<str>, Arc<PortStats>)> {
         self.stats_list.borrow().clone()
@@ -242,16 +327,7 @@ impl Gateway {
     /// Healthy when a message makes the round trip through the broker to a real client within
     /// `timeout`, and the publisher made progress recently.
     pub async fn health(&self, timeout: Duration) -> Result<(), String> {
-        if !self.broker.is_running() {
-            return Err("the broker's server task has ended".into());
-        }
-        self.broker.round_trip(timeout).await.map_err(|e| e.to_string())?;
-        let last = Duration::from_millis(self.publisher_progress.load(Ordering::Relaxed));
-        let idle = self.epoch.elapsed().saturating_sub(last);
-        if idle > PUBLISHER_HEARTBEAT * 5 || self.publisher.is_finished() {
-            return Err(format!("the publisher has made no progress for {idle:?}"));
-        }
-        Ok(())
+        self.health.check(timeout).await
     }
 
     /// The embedded broker, shared (for callers that publish or probe it directly).
@@ -274,6 +350,9 @@ impl Gateway {
         let mut report = ReloadReport::default();
         if new.broker != self.config.broker {
             report.needs_restart.push("broker".into());
+        }
+        if new.metrics != self.config.metrics {
+            report.needs_restart.push("metrics".into());
         }
         if new.gateway.name != self.config.gateway.name
             || new.gateway.status_topic != self.config.gateway.status_topic
@@ -330,9 +409,14 @@ impl Gateway {
         }
         self.maps.send_replace(Arc::new(new.maps.clone()));
         self.publish_stats_list();
-        let (broker, gateway, upstream) =
-            (self.config.broker.clone(), self.config.gateway.clone(), self.config.upstream.clone());
+        let (broker, gateway, upstream, metrics) = (
+            self.config.broker.clone(),
+            self.config.gateway.clone(),
+            self.config.upstream.clone(),
+            self.config.metrics.clone(),
+        );
         self.config = new;
+        self.config.metrics = metrics;
         // Restart-only settings stay as they run until the restart.
         self.config.broker = broker;
         self.config.gateway = gateway;

@@ -339,6 +339,11 @@ impl LocalBroker {
         serde_json::to_vec(&stats).unwrap_or_default()
     }
 
+    /// Retained messages refused by the retained-store bounds.
+    pub fn retained_refused(&self) -> u64 {
+        self.retained_refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// False once the broker's server task has ended.
     pub fn is_running(&self) -> bool {
         !self.server.is_finished()

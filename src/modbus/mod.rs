@@ -223,7 +223,7 @@ where
                 }
                 if !online {
                     online = true;
-                    if !availability(tx, port, true).await {
+                    if !availability(tx, port, stats, true).await {
                         break 'run Ok(());
                     }
                 }
@@ -237,13 +237,13 @@ where
         }
         if online && slaves.iter().all(|s| s.failures >= settings.offline_after) {
             online = false;
-            if !availability(tx, port, false).await {
+            if !availability(tx, port, stats, false).await {
                 break Ok(());
             }
         }
     };
     if online {
-        availability(tx, port, false).await;
+        availability(tx, port, stats, false).await;
     }
     result
 }

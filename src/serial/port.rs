@@ -139,6 +139,8 @@ pub enum PortEvent {
 /// Counters for one port, shared with the stats publisher.
 #[derive(Debug, Default, Serialize)]
 pub struct PortStats {
+    /// What the port's availability topic last said.
+    pub online: std::sync::atomic::AtomicBool,
     pub frames: AtomicU64,
     /// Frames or byte runs dropped by framing: unframed bytes, over-long frames, bad checksums.
     pub garbled: AtomicU64,
@@ -239,7 +241,7 @@ pub async fn run_port(
                         failing = Some((now, now));
                         // A port that never opened is as offline as one that was lost (which
                         // says so when its reader returns).
-                        if stats.opens.load(Ordering::Relaxed) == 0 && !availability(&tx, &port, false).await {
+                        if stats.opens.load(Ordering::Relaxed) == 0 && !availability(&tx, &port, &stats, false).await {
                             return;
                         }
                     }

@@ -78,7 +78,7 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             _ = &mut silence, if online => {
                 online = false;
                 tracing::warn!(port = %port.name, timeout = ?port.silence_timeout, "no valid frame within the silence timeout");
-                if !availability(tx, port, false).await { break Ok(()) }
+                if !availability(tx, port, stats, false).await { break Ok(()) }
             }
             Some(req) = requests.recv(), if pending.is_none() => {
                 if req.modbus.is_some() {
@@ -123,7 +123,7 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         if misses >= poll.offline_after && online {
                             online = false;
                             tracing::warn!(port = %port.name, polls = misses, "the sensor did not answer {misses} polls in a row");
-                            if !availability(tx, port, false).await { break Ok(()) }
+                            if !availability(tx, port, stats, false).await { break Ok(()) }
                         }
                     }
                 }
@@ -206,7 +206,7 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 silence.as_mut().reset(Instant::now() + port.silence_timeout);
                 if !online {
                     online = true;
-                    if !availability(tx, port, true).await { break Ok(()) }
+                    if !availability(tx, port, stats, true).await { break Ok(()) }
                 }
                 let reading = Reading { port: port.name.clone(), fields, received };
                 match tx.try_send(PortEvent::Reading(reading)) {
@@ -228,7 +228,7 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         req.answer(Err("the port closed before the reply came".into()));
     }
     if online {
-        availability(tx, port, false).await;
+        availability(tx, port, stats, false).await;
     }
     result
 }
@@ -245,7 +245,13 @@ async fn write<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> std::io::
     }
 }
 
-pub(crate) async fn availability(tx: &mpsc::Sender<PortEvent>, port: &PortSettings, online: bool) -> bool {
+pub(crate) async fn availability(
+    tx: &mpsc::Sender<PortEvent>,
+    port: &PortSettings,
+    stats: &PortStats,
+    online: bool,
+) -> bool {
+    stats.online.store(online, std::sync::atomic::Ordering::Relaxed);
     let ev = PortEvent::Availability { port: port.name.clone(), topic: port.availability_topic.clone(), online };
     tx.send(ev).await.is_ok()
 }

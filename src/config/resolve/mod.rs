@@ -58,6 +58,7 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
         (take("gateway"), take("log"), take("broker"), take("upstream"), take("ports"), take("maps"));
     // `homeassistant:` with nothing under it turns discovery on with its defaults.
     let homeassistant_v = top.remove("homeassistant");
+    let metrics_v = top.remove("metrics");
 
     let gateway: RawGateway = section(gateway_v, "gateway", p).unwrap_or_default();
     let log: RawLog = section(log_v, "log", p).unwrap_or_default();
@@ -123,7 +124,14 @@ pub(super) fn resolve(text: &str, p: &mut Problems) -> Option<Config> {
         place(p, "homeassistant", found);
         Some(ha)
     });
-    Some(Config { gateway, log_level: log.level, broker: broker?, ports, maps, upstream, homeassistant })
+    let metrics = metrics_v.and_then(|v| {
+        let m = section::<crate::metrics::MetricsSettings>(v, "metrics", p)?;
+        if let Err(why) = m.addr() {
+            p.add("metrics.bind", why);
+        }
+        Some(m)
+    });
+    Some(Config { gateway, log_level: log.level, broker: broker?, ports, maps, upstream, homeassistant, metrics })
 }
 
 /// A message for an unknown key, with the nearest valid one.
