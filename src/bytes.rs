@@ -15,6 +15,18 @@ pub enum ByteOrder {
     Little,
 }
 
+/// Bytes as upper-case hex pairs separated by spaces (`42 4D 00 1C`), as datasheets print them.
+pub fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 3);
+    for (i, b) in bytes.iter().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(&format!("{b:02X}"));
+    }
+    s
+}
+
 /// Reads an unsigned integer of up to 4 significant bytes in the given byte order (longer slices
 /// keep the low 32 bits).
 pub fn read_uint(bytes: &[u8], order: ByteOrder) -> u32 {

@@ -72,6 +72,26 @@ pub enum Command {
         #[arg(long)]
         line: Option<String>,
     },
+    /// Show a running gateway's frames live, as it reads them: bytes, checksum verdict, decoded values
+    /// or why a frame was dropped (through the gateway's broker; the gateway keeps the device).
+    Tap {
+        #[arg(long, short, default_value = DEFAULT_PATH)]
+        config: PathBuf,
+        /// Only this port (default: every port).
+        #[arg(long)]
+        port: Option<String>,
+        /// The gateway's broker (default: the config's first listener).
+        #[arg(long)]
+        broker: Option<SocketAddr>,
+        /// A broker user whose ACL allows the live topics.
+        #[arg(long, short)]
+        username: Option<String>,
+        #[arg(long, short = 'P', requires = "username")]
+        password: Option<String>,
+        /// Stop after this many frames.
+        #[arg(long)]
+        count: Option<usize>,
+    },
     /// Print this program's manual page (roff), for packaging.
     #[command(hide = true)]
     Manpage,
@@ -123,7 +143,7 @@ pub fn try_frame(config: &crate::config::Config, port: &str, input: &[u8]) -> Re
             bytes.extend_from_slice(l.delimiter.as_bytes());
         }
     }
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02X}")).collect::<Vec<_>>().join(" ");
+    let hex = crate::bytes::hex;
     let mut codec = FrameCodec::new(p.framing.clone(), p.checksum.clone());
     let mut out = Vec::new();
     while let Some(ev) = codec.decode_eof(&mut bytes).map_err(|e| e.to_string())? {
@@ -131,7 +151,7 @@ pub fn try_frame(config: &crate::config::Config, port: &str, input: &[u8]) -> Re
             FrameEvent::Frame(f) => f,
             FrameEvent::Garbled { reason, bytes } => {
                 let why = match reason {
-                    crate::serial::framing::Garble::BadChecksum(e) => e.to_string(),
+                    crate::serial::framing::Garble::BadChecksum(e, _) => e.to_string(),
                     other => format!("{other:?}"),
                 };
                 out.push(format!("garbled: {bytes} bytes dropped ({why})"));

@@ -20,6 +20,7 @@ pub mod decode;
 pub mod demo;
 pub mod gateway;
 pub mod homeassistant;
+pub mod live;
 pub mod local_broker;
 pub mod logging;
 pub mod metrics;

@@ -119,6 +119,15 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             println!("{hash}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tap { config, port, broker, username, password, count } => {
+            let c = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return Ok(report(e)),
+            };
+            let opts = ser2mqtt::live::client::TapOptions { port, broker, username, password, count };
+            ser2mqtt::live::client::run(&c, opts, |line| println!("{line}")).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Try { config, port, hex, line } => {
             let c = match config::load(&config) {
                 Ok(c) => c,

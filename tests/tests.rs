@@ -15,6 +15,7 @@ mod docs;
 mod garbage;
 mod homeassistant;
 mod lifecycle;
+mod live;
 mod metrics;
 mod modbus;
 mod sensors;

@@ -120,8 +120,7 @@ async fn carry_out(target: &Target, payload: &[u8]) -> OutMessage {
         Ok(reply) => {
             result.insert("result".into(), "ok".into());
             if let Some(r) = reply {
-                let hex: Vec<String> = r.iter().map(|b| format!("{b:02X}")).collect();
-                result.insert("reply".into(), hex.join(" ").into());
+                result.insert("reply".into(), crate::bytes::hex(&r).into());
             }
         }
         Err(reason) => {

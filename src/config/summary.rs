@@ -59,14 +59,9 @@ pub fn describe(config: &Config, file: &Path) -> String {
             p.availability_topic
         );
         if let Some(poll) = &p.poll {
-            let hex: Vec<String> = poll.request.iter().map(|b| format!("{b:02X}")).collect();
-            let _ = writeln!(
-                s,
-                "  polled every {:?}: writes {}, waits {:?} for the answer",
-                poll.every,
-                hex.join(" "),
-                poll.timeout
-            );
+            let hex = crate::bytes::hex(&poll.request);
+            let _ =
+                writeln!(s, "  polled every {:?}: writes {}, waits {:?} for the answer", poll.every, hex, poll.timeout);
         }
         for slave in p.modbus.iter().flat_map(|m| &m.plan) {
             let reads: Vec<String> = slave

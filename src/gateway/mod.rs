@@ -215,6 +215,10 @@ impl Gateway {
             });
             reporters.spawn(crate::metrics::serve(listener, sources, check, cancel.child_token()));
         }
+        // A few requests a second at most (each tap renews every few seconds); more are dropped.
+        let (live_rx, _dropped) =
+            broker.tap_publishes(vec![crate::live::request_topic(&config.gateway.status_topic)], 16).await;
+        reporters.spawn(crate::live::serve_requests(live_rx, stats_rx.clone(), cancel.child_token()));
         let topic = config.gateway.status_topic.clone();
         reporters.spawn(report::report_stats(broker.clone(), topic, every, stats_rx, cancel.child_token()));
         reporters.close();

@@ -74,6 +74,9 @@ pub(super) async fn publish_loop(
                     d.submit(&msg, false).await;
                 }
             }
+            PortEvent::Live(msg) => {
+                let _ = broker.publish(&msg).await;
+            }
             PortEvent::Availability { port, topic, online } => {
                 let payload = Bytes::from_static(if online { b"online" } else { b"offline" });
                 tracing::info!(%port, online, "port availability changed");

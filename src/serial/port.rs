@@ -43,6 +43,8 @@ pub struct PortSettings {
     pub silence_timeout: Duration,
     /// Rendered: `{gateway}` and `{port}` filled in.
     pub availability_topic: String,
+    /// `{status_topic}/live/{port}`: each frame and what became of it, while `ser2mqtt tap` asks.
+    pub live_topic: String,
     pub skip_first_frames: u32,
     pub reopen_backoff_max: Duration,
     /// Requests written every `poll.every`, for sensors that answer only when asked.
@@ -134,6 +136,8 @@ pub enum PortEvent {
     },
     /// A message to publish as it is (a command's result), locally and upstream if a rule takes it.
     Message(crate::topic_map::OutMessage),
+    /// A frame described for `ser2mqtt tap`: published locally only, never queued or forwarded.
+    Live(crate::topic_map::OutMessage),
 }
 
 /// Counters for one port, shared with the stats publisher.
@@ -141,6 +145,9 @@ pub enum PortEvent {
 pub struct PortStats {
     /// What the port's availability topic last said.
     pub online: std::sync::atomic::AtomicBool,
+    /// Until when (unix ms) each frame is also described on the port's live topic (`ser2mqtt tap`).
+    #[serde(skip)]
+    pub live_until: std::sync::atomic::AtomicI64,
     pub frames: AtomicU64,
     /// Frames or byte runs dropped by framing: unframed bytes, over-long frames, bad checksums.
     pub garbled: AtomicU64,

@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::framing::{Fixed, FrameCodec, FrameEvent, Framing, Garble, LengthPrefixed, Markers};
 use super::port::{bump, PortEvent, PortSettings, PortStats};
 use super::request::{PortRequest, ReplySpec, WRITE_TIMEOUT};
+use crate::bytes::hex;
 use crate::decode::{DecodeError, FrameDecoder, Reading};
+use crate::live;
 
 /// At most one warning about garbled input per port in this period (the counters keep the totals).
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -135,6 +137,12 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     Some(Ok(ev)) => ev,
                 };
                 let received = chrono::Utc::now();
+                // `ser2mqtt tap` is watching this port: describe what becomes of this frame.
+                let live = received.timestamp_millis() < stats.live_until.load(std::sync::atomic::Ordering::Relaxed);
+                let trace = |event: live::Event| {
+                    // A trace is best effort: dropped rather than wait for the publisher.
+                    let _ = tx.try_send(PortEvent::Live(event.message(&port.live_topic)));
+                };
                 if let FrameEvent::Skipped { bytes } = event {
                     // More of a garbled run already counted: bytes only, and not a frame to skip.
                     bump(&stats.bytes_dropped, bytes as u64);
@@ -150,6 +158,15 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     FrameEvent::Garbled { reason, bytes } => {
                         bump(&stats.garbled, 1);
                         bump(&stats.bytes_dropped, bytes as u64);
+                        if live {
+                            let mut ev = live::Event::new(received, live::Verdict::Garbled);
+                            if let Garble::BadChecksum(e, frame) = &reason {
+                                ev = ev.bytes(frame).why(e.to_string());
+                            } else {
+                                ev = ev.why(format!("{bytes} bytes dropped: {}", garbled_hint(&port.framing, &reason)));
+                            }
+                            trace(ev);
+                        }
                         warn.note(1, |n| {
                             let hint = garbled_hint(&port.framing, &reason);
                             tracing::warn!(port = %port.name, ?reason, bytes, dropped_since_last = n,
@@ -171,6 +188,9 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 }
                 if port.ignore.iter().any(|r| r.is_match(&frame)) {
                     bump(&stats.ignored, 1);
+                    if live {
+                        trace(live::Event::new(received, live::Verdict::Ignored).bytes(&frame).why("matches an `ignore` rule"));
+                    }
                     continue;
                 }
                 let mut fields = match port.decoder.decode(&frame) {
@@ -180,6 +200,9 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                         // Not an error: a GPS sends many sentences a config has no use for. Said only
                         // while no frame has matched since the port opened (a wrong pattern, then).
                         bump(&stats.ignored, 1);
+                        if live {
+                            trace(live::Event::new(received, live::Verdict::Ignored).bytes(&frame).why("no pattern or key of the decoder matches"));
+                        }
                         if !online {
                             warn.note(1, |n| {
                                 let hint = undecodable_hint(&port.decoder, &frame);
@@ -191,6 +214,9 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     }
                     Err(e) => {
                         bump(&stats.decode_errors, 1);
+                        if live {
+                            trace(live::Event::new(received, live::Verdict::DecodeError).bytes(&frame).why(e.to_string()));
+                        }
                         warn.note(1, |n| {
                             let hint = undecodable_hint(&port.decoder, &frame);
                             tracing::warn!(port = %port.name, error = %e, dropped_since_last = n,
@@ -203,6 +229,9 @@ pub async fn read_frames<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                     t.apply(&mut fields);
                 }
                 bump(&stats.frames, 1);
+                if live {
+                    trace(live::Event::new(received, live::Verdict::Ok).bytes(&frame).fields(&fields));
+                }
                 silence.as_mut().reset(Instant::now() + port.silence_timeout);
                 if !online {
                     online = true;
@@ -273,7 +302,7 @@ fn garbled_hint(framing: &Framing, reason: &Garble) -> String {
         },
         (_, Garble::TooLong) => "a frame longer than `max_length` (or a length field that says so)".into(),
         (_, Garble::BadTrailer) => "a frame whose trailer or end marker is not where it must be".into(),
-        (_, Garble::BadChecksum(_)) => {
+        (_, Garble::BadChecksum(..)) => {
             "a frame failed its checksum: wrong checksum type or range, or noise on the line?".into()
         }
     }
@@ -288,10 +317,6 @@ fn undecodable_hint(decoder: &FrameDecoder, frame: &[u8]) -> &'static str {
     } else {
         ""
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub(crate) fn port(framing: &str, decoder: &str) -> PortSettings {
         decoder: Arc::new(decoder),
         silence_timeout: SILENCE,
         availability_topic: "gw/p/availability".into(),
+        live_topic: "gw/status/live/p".into(),
         skip_first_frames: 0,
         reopen_backoff_max: Duration::from_secs(30),
         poll: None,
@@ -112,7 +113,7 @@ impl Running {
 fn online(ev: &PortEvent) -> Option<bool> {
     match ev {
         PortEvent::Availability { online, .. } => Some(*online),
-        PortEvent::Reading(_) | PortEvent::Message(_) => None,
+        PortEvent::Reading(_) | PortEvent::Message(_) | PortEvent::Live(_) => None,
     }
 }
 

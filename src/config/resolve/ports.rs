@@ -145,6 +145,7 @@ pub(super) fn resolve_port(
         decoder: Arc::new(decoder?),
         silence_timeout: raw.silence_timeout,
         availability_topic,
+        live_topic: crate::live::topic(&settings.status_topic, &raw.name),
         skip_first_frames: raw.skip_first_frames,
         reopen_backoff_max: raw.reopen_backoff_max,
         poll,

@@ -23,7 +23,8 @@ pub enum Garble {
     TooLong,
     /// A frame whose trailer or end marker is not where it must be.
     BadTrailer,
-    BadChecksum(ChecksumError),
+    /// The checksum failed; the frame as received, for `ser2mqtt tap`.
+    BadChecksum(ChecksumError, Bytes),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +71,7 @@ impl Cutter {
             None => Ok(frame),
             Some(c) => match c.verify(&frame) {
                 Ok(()) => Ok(c.strip(frame)),
-                Err(e) => Err(Garble::BadChecksum(e)),
+                Err(e) => Err(Garble::BadChecksum(e, frame)),
             },
         }
     }
