@@ -25,6 +25,7 @@ pub mod local_broker;
 pub mod logging;
 pub mod metrics;
 pub mod modbus;
+pub mod pem;
 pub mod qos;
 pub mod serial;
 pub mod settings;

@@ -7,6 +7,7 @@ mod availability;
 mod bad_env;
 mod broker_auth;
 mod broker_limits;
+mod broker_tls;
 mod bursts;
 mod cli;
 mod commands;

@@ -132,6 +132,9 @@ pub struct RawListener {
     /// Clients without a username may connect. Required to be said explicitly for a non-loopback
     /// listener without users, as in Mosquitto 2.
     pub allow_anonymous: Option<bool>,
+    /// MQTT over TLS (`local_broker::tls::ListenerTls`): certificate, key, optional client CA.
+    #[serde(default)]
+    pub tls: Option<crate::local_broker::tls::ListenerTls>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

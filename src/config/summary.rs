@@ -16,7 +16,12 @@ pub fn describe(config: &Config, file: &Path) -> String {
     let _ = writeln!(s, "gateway `{}`, status on {}", config.gateway.name, config.gateway.status_topic);
     for l in &config.broker.listeners {
         let auth = if l.allow_anonymous { "anonymous allowed" } else { "username and password required" };
-        let _ = writeln!(s, "broker listens on {} ({auth})", l.addr);
+        let tls = match &l.tls {
+            Some(t) if t.settings.client_ca.is_some() => ", TLS, client certificate required",
+            Some(_) => ", TLS",
+            None => "",
+        };
+        let _ = writeln!(s, "broker listens on {} ({auth}{tls})", l.addr);
     }
     if let Some(m) = &config.metrics {
         let _ = writeln!(s, "metrics on http://{0}/metrics, health on http://{0}/healthz", m.bind);

@@ -19,6 +19,7 @@ pub mod front;
 mod retained;
 pub mod settings;
 mod shared;
+pub mod tls;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -149,8 +150,13 @@ impl LocalBroker {
                 .await
                 .map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?;
             addrs.push(public.local_addr().map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?);
+            let transport = match &l.tls {
+                Some(t) => front::Transport::Tls(tokio_rustls::TlsAcceptor::from(t.config.clone())),
+                None => front::Transport::Tcp,
+            };
             tokio::spawn(front::serve(
                 public,
+                transport,
                 engine_addr,
                 settings.front.clone(),
                 front_counters.clone(),

@@ -12,6 +12,8 @@ use super::front::FrontLimits;
 pub struct ListenerSettings {
     pub addr: SocketAddr,
     pub allow_anonymous: bool,
+    /// Clients speak TLS first.
+    pub tls: Option<super::tls::ServerTls>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,7 +55,7 @@ impl BrokerSettings {
     /// Loopback only, anonymous allowed (nothing off the machine can reach it).
     pub fn local_only(addr: SocketAddr) -> BrokerSettings {
         BrokerSettings {
-            listeners: vec![ListenerSettings { addr, allow_anonymous: true }],
+            listeners: vec![ListenerSettings { addr, allow_anonymous: true, tls: None }],
             users: Vec::new(),
             acl: Vec::new(),
             max_queue_len: DEFAULT_MAX_QUEUE_LEN,

@@ -112,6 +112,11 @@ const BROKER_COUNTERS: &[FrontCounter] = &[
     }),
     ("ser2mqtt_broker_qos0_dropped", "QoS 0 messages dropped for a client that was too slow", |c| &c.qos0_dropped),
     ("ser2mqtt_broker_slow_clients_cut", "Clients disconnected for holding max_client_buffer", |c| &c.slow_clients_cut),
+    (
+        "ser2mqtt_broker_tls_failures",
+        "TLS handshakes that failed (unknown CA, missing client certificate, not TLS)",
+        |c| &c.tls_failures,
+    ),
 ];
 
 impl Collector for Sources {

@@ -1,11 +1,12 @@
 //! `upstream.tls:` and the rustls client configuration built from it: the CA roots (a file or the
 //! system's), and a client certificate for brokers that require mutual TLS.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::pem::{read_certs, read_key};
 use crate::settings::Problems;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,14 +68,7 @@ fn client_config(raw: &TlsSettings, p: &mut Problems) -> Option<Arc<rustls::Clie
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert, "client_cert", p)?;
-            let key_pem = read_file(key, "client_key", p)?;
-            let key_der = match rustls_pemfile::private_key(&mut key_pem.as_slice()) {
-                Ok(Some(k)) => k,
-                _ => {
-                    p.add("client_key", format!("{}: no PEM private key found", key.display()));
-                    return None;
-                }
-            };
+            let key_der = read_key(key, "client_key", p)?;
             match builder.with_client_auth_cert(chain, key_der) {
                 Ok(c) => c,
                 Err(e) => {
@@ -93,30 +87,4 @@ fn client_config(raw: &TlsSettings, p: &mut Problems) -> Option<Arc<rustls::Clie
         }
     };
     Some(Arc::new(config))
-}
-
-fn read_file(path: &Path, key: &str, p: &mut Problems) -> Option<Vec<u8>> {
-    match std::fs::read(path) {
-        Ok(b) => Some(b),
-        Err(e) => {
-            p.add(key, format!("cannot read {}: {e}", path.display()));
-            None
-        }
-    }
-}
-
-fn read_certs(path: &Path, key: &str, p: &mut Problems) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
-    let pem = read_file(path, key, p)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
-    match certs {
-        Ok(c) if !c.is_empty() => Some(c),
-        Ok(_) => {
-            p.add(key, format!("{}: no PEM certificate found", path.display()));
-            None
-        }
-        Err(e) => {
-            p.add(key, format!("{}: not a PEM certificate file: {e}", path.display()));
-            None
-        }
-    }
 }

@@ -7,7 +7,7 @@ pub(super) fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<Broker
     let start = p.count();
     let mut listeners = Vec::new();
     let raw_listeners = if raw.listeners.is_empty() {
-        vec![RawListener { bind: DEFAULT_LISTENER.into(), allow_anonymous: None }]
+        vec![RawListener { bind: DEFAULT_LISTENER.into(), allow_anonymous: None, tls: None }]
     } else {
         raw.listeners.clone()
     };
@@ -33,7 +33,13 @@ pub(super) fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<Broker
         // Without users, a loopback listener is open to local clients (as a fresh Mosquitto 2 is);
         // once users exist, anonymous access is only what is asked for.
         let allow_anonymous = l.allow_anonymous.unwrap_or(loopback && raw.users.is_empty());
-        listeners.push(ListenerSettings { addr, allow_anonymous });
+        let tls = l.tls.as_ref().and_then(|t| {
+            let mut found = crate::settings::Problems::default();
+            let built = t.server_config(&mut found);
+            place(p, &format!("{path}.tls"), found);
+            built
+        });
+        listeners.push(ListenerSettings { addr, allow_anonymous, tls });
     }
     let mut names = HashSet::new();
     for (i, u) in raw.users.iter().enumerate() {

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 mod outgoing;
@@ -46,11 +47,21 @@ pub struct FrontCounters {
     pub keepalive_timeouts: AtomicU64,
     pub qos0_dropped: AtomicU64,
     pub slow_clients_cut: AtomicU64,
+    /// TLS handshakes that failed (wrong CA, no client certificate where one is required, not TLS).
+    pub tls_failures: AtomicU64,
+}
+
+/// A client's transport before MQTT: plain TCP, or TLS first.
+#[derive(Clone)]
+pub enum Transport {
+    Tcp,
+    Tls(tokio_rustls::TlsAcceptor),
 }
 
 /// Accepts on `listener` until cancelled, splicing each accepted client to `engine`.
 pub async fn serve(
     listener: TcpListener,
+    transport: Transport,
     engine: SocketAddr,
     limits: FrontLimits,
     counters: Arc<FrontCounters>,
@@ -87,12 +98,34 @@ pub async fn serve(
         full_logged = false;
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let guard = OpenGuard::new(open.clone(), counters.clone());
-        let (limits, counters, cancel) = (limits.clone(), counters.clone(), cancel.clone());
+        let (limits, counters, cancel, transport) =
+            (limits.clone(), counters.clone(), cancel.clone(), transport.clone());
+        // The CONNECT deadline runs from accept, so a TLS handshake that never ends is cut by it too.
+        let deadline = Instant::now() + limits.connect_timeout;
+        let _ = socket.set_nodelay(true);
         tokio::spawn(async move {
             let _guard = guard;
+            let run = async {
+                match transport {
+                    Transport::Tcp => connection(socket, peer, engine, &limits, &counters, deadline).await,
+                    Transport::Tls(acceptor) => {
+                        match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
+                            Ok(Ok(tls)) => connection(tls, peer, engine, &limits, &counters, deadline).await,
+                            Ok(Err(e)) => {
+                                counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::info!(%peer, error = %e, "TLS handshake failed; connection closed");
+                            }
+                            Err(_) => {
+                                counters.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                                tracing::debug!(%peer, "no TLS handshake in time; connection closed");
+                            }
+                        }
+                    }
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = connection(socket, peer, engine, &limits, &counters) => {}
+                _ = run => {}
             }
         });
     }
@@ -140,7 +173,7 @@ enum Hello {
 }
 
 /// Reads the first packet, which must be a CONNECT.
-async fn read_connect(socket: &mut TcpStream, max: usize) -> std::io::Result<Hello> {
+async fn read_connect(socket: &mut (impl AsyncRead + Unpin), max: usize) -> std::io::Result<Hello> {
     let mut buf = BytesMut::with_capacity(256);
     let (head, body) = loop {
         if socket.read_buf(&mut buf).await? == 0 {
@@ -181,23 +214,23 @@ async fn read_connect(socket: &mut TcpStream, max: usize) -> std::io::Result<Hel
     Ok(Hello::Connect(buf.freeze(), keepalive))
 }
 
-async fn connection(
-    mut client: TcpStream,
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut client: S,
     peer: SocketAddr,
     engine: SocketAddr,
     limits: &FrontLimits,
     counters: &FrontCounters,
+    deadline: Instant,
 ) {
-    let hello =
-        match tokio::time::timeout(limits.connect_timeout, read_connect(&mut client, limits.max_packet_size)).await {
-            Err(_) => {
-                counters.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, timeout = ?limits.connect_timeout, "no CONNECT in time; connection closed");
-                return;
-            }
-            Ok(Err(_)) => return,
-            Ok(Ok(h)) => h,
-        };
+    let hello = match tokio::time::timeout_at(deadline, read_connect(&mut client, limits.max_packet_size)).await {
+        Err(_) => {
+            counters.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, timeout = ?limits.connect_timeout, "no CONNECT in time; connection closed");
+            return;
+        }
+        Ok(Err(_)) => return,
+        Ok(Ok(h)) => h,
+    };
     let (connect, keepalive) = match hello {
         Hello::Connect(bytes, keepalive) => (bytes, keepalive),
         Hello::BadLevel => {
@@ -221,11 +254,10 @@ async fn connection(
         return;
     };
     let _ = upstream.set_nodelay(true);
-    let _ = client.set_nodelay(true);
     if upstream.write_all(&connect).await.is_err() {
         return;
     }
-    let (cr, cw) = client.into_split();
+    let (cr, cw) = tokio::io::split(client);
     let (er, ew) = upstream.into_split();
     // MQTT 3.1.1 §3.1.2.10: one and a half times the keepalive without a packet ends the connection.
     let idle = (keepalive > 0).then(|| Duration::from_millis(keepalive as u64 * 1500));
@@ -244,7 +276,7 @@ async fn connection(
 }
 
 async fn client_to_engine(
-    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut from: impl AsyncRead + Unpin,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     idle: Option<Duration>,
     peer: SocketAddr,

@@ -118,7 +118,7 @@ pub(super) async fn engine_to_queue(
     }
 }
 
-pub(super) async fn queue_to_client(mut to: tokio::net::tcp::OwnedWriteHalf, queue: Arc<Outgoing>) {
+pub(super) async fn queue_to_client(mut to: impl tokio::io::AsyncWrite + Unpin, queue: Arc<Outgoing>) {
     loop {
         // Read before draining: once FLUSH is seen, every packet the engine sent is in the queue.
         let state = queue.closed.load(Ordering::Acquire);
@@ -138,13 +138,16 @@ pub(super) async fn queue_to_client(mut to: tokio::net::tcp::OwnedWriteHalf, que
             queue.ready.notified().await;
             continue;
         }
-        for p in batch {
-            let write = to.write_all(&p);
-            let done =
-                if state == FLUSH { tokio::time::timeout(FINAL_FLUSH, write).await.ok() } else { Some(write.await) };
-            if !matches!(done, Some(Ok(()))) {
-                return;
+        // Flushed after each batch: a TLS stream may hold encrypted bytes back until it is.
+        let write = async {
+            for p in &batch {
+                to.write_all(p).await?;
             }
+            to.flush().await
+        };
+        let done = if state == FLUSH { tokio::time::timeout(FINAL_FLUSH, write).await.ok() } else { Some(write.await) };
+        if !matches!(done, Some(Ok(()))) {
+            return;
         }
     }
 }
