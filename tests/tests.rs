@@ -8,6 +8,7 @@ mod bad_env;
 mod broker_auth;
 mod broker_limits;
 mod broker_tls;
+mod broker_ws;
 mod bursts;
 mod cli;
 mod commands;

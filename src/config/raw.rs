@@ -135,6 +135,9 @@ pub struct RawListener {
     /// MQTT over TLS (`local_broker::tls::ListenerTls`): certificate, key, optional client CA.
     #[serde(default)]
     pub tls: Option<crate::local_broker::tls::ListenerTls>,
+    /// MQTT over WebSocket (`ws://`, or `wss://` with `tls`), for browser dashboards.
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

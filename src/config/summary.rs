@@ -21,7 +21,8 @@ pub fn describe(config: &Config, file: &Path) -> String {
             Some(_) => ", TLS",
             None => "",
         };
-        let _ = writeln!(s, "broker listens on {} ({auth}{tls})", l.addr);
+        let ws = if l.websocket { ", MQTT over WebSocket" } else { "" };
+        let _ = writeln!(s, "broker listens on {} ({auth}{tls}{ws})", l.addr);
     }
     if let Some(m) = &config.metrics {
         let _ = writeln!(s, "metrics on http://{0}/metrics, health on http://{0}/healthz", m.bind);

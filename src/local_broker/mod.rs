@@ -150,9 +150,9 @@ impl LocalBroker {
                 .await
                 .map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?;
             addrs.push(public.local_addr().map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?);
-            let transport = match &l.tls {
-                Some(t) => front::Transport::Tls(tokio_rustls::TlsAcceptor::from(t.config.clone())),
-                None => front::Transport::Tcp,
+            let transport = front::Transport {
+                tls: l.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
+                websocket: l.websocket,
             };
             tokio::spawn(front::serve(
                 public,

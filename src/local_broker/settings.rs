@@ -14,6 +14,8 @@ pub struct ListenerSettings {
     pub allow_anonymous: bool,
     /// Clients speak TLS first.
     pub tls: Option<super::tls::ServerTls>,
+    /// MQTT inside WebSocket binary messages (after TLS, if any).
+    pub websocket: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +57,7 @@ impl BrokerSettings {
     /// Loopback only, anonymous allowed (nothing off the machine can reach it).
     pub fn local_only(addr: SocketAddr) -> BrokerSettings {
         BrokerSettings {
-            listeners: vec![ListenerSettings { addr, allow_anonymous: true, tls: None }],
+            listeners: vec![ListenerSettings { addr, allow_anonymous: true, tls: None, websocket: false }],
             users: Vec::new(),
             acl: Vec::new(),
             max_queue_len: DEFAULT_MAX_QUEUE_LEN,

@@ -7,7 +7,7 @@ pub(super) fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<Broker
     let start = p.count();
     let mut listeners = Vec::new();
     let raw_listeners = if raw.listeners.is_empty() {
-        vec![RawListener { bind: DEFAULT_LISTENER.into(), allow_anonymous: None, tls: None }]
+        vec![RawListener { bind: DEFAULT_LISTENER.into(), allow_anonymous: None, tls: None, websocket: false }]
     } else {
         raw.listeners.clone()
     };
@@ -39,7 +39,7 @@ pub(super) fn resolve_broker(raw: &RawBroker, p: &mut Problems) -> Option<Broker
             place(p, &format!("{path}.tls"), found);
             built
         });
-        listeners.push(ListenerSettings { addr, allow_anonymous, tls });
+        listeners.push(ListenerSettings { addr, allow_anonymous, tls, websocket: l.websocket });
     }
     let mut names = HashSet::new();
     for (i, u) in raw.users.iter().enumerate() {

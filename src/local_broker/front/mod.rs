@@ -51,11 +51,65 @@ pub struct FrontCounters {
     pub tls_failures: AtomicU64,
 }
 
-/// A client's transport before MQTT: plain TCP, or TLS first.
-#[derive(Clone)]
-pub enum Transport {
-    Tcp,
-    Tls(tokio_rustls::TlsAcceptor),
+/// A client's transport before MQTT: TLS first or not, then MQTT directly or inside WebSocket
+/// binary messages (browsers).
+#[derive(Clone, Default)]
+pub struct Transport {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub websocket: bool,
+}
+
+/// A client stream of whichever transport, once its handshakes are done.
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Duplex for T {}
+
+/// The WebSocket subprotocols MQTT clients ask for (MQTT 3.1.1 §6: `mqtt`; older clients `mqttv3.1`).
+const WS_PROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
+
+/// Completes the TLS and WebSocket handshakes (the caller bounds them by the CONNECT deadline), or
+/// says why not and returns `None`.
+// The subprotocol callback's `Result<Response, ErrorResponse>` is tungstenite's signature, not ours.
+#[allow(clippy::result_large_err)]
+async fn handshake(
+    socket: TcpStream,
+    transport: &Transport,
+    peer: SocketAddr,
+    counters: &FrontCounters,
+) -> Option<Box<dyn Duplex>> {
+    let stream: Box<dyn Duplex> = match &transport.tls {
+        None => Box::new(socket),
+        Some(acceptor) => match acceptor.accept(socket).await {
+            Ok(tls) => Box::new(tls),
+            Err(e) => {
+                counters.tls_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, error = %e, "TLS handshake failed; connection closed");
+                return None;
+            }
+        },
+    };
+    if !transport.websocket {
+        return Some(stream);
+    }
+    use async_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    let choose = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let asked = req.headers().get_all("sec-websocket-protocol");
+        let offered: Vec<&str> =
+            asked.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).collect();
+        if let Some(p) = WS_PROTOCOLS.iter().find(|p| offered.contains(p)) {
+            if let Ok(v) = p.parse() {
+                resp.headers_mut().insert("sec-websocket-protocol", v);
+            }
+        }
+        Ok(resp)
+    };
+    match async_tungstenite::tokio::accept_hdr_async(stream, choose).await {
+        Ok(ws) => Some(Box::new(ws_stream_tungstenite::WsStream::new(ws))),
+        Err(e) => {
+            counters.bad_protocol.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, error = %e, "WebSocket handshake failed; connection closed");
+            None
+        }
+    }
 }
 
 /// Accepts on `listener` until cancelled, splicing each accepted client to `engine`.
@@ -106,20 +160,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let _guard = guard;
             let run = async {
-                match transport {
-                    Transport::Tcp => connection(socket, peer, engine, &limits, &counters, deadline).await,
-                    Transport::Tls(acceptor) => {
-                        match tokio::time::timeout_at(deadline, acceptor.accept(socket)).await {
-                            Ok(Ok(tls)) => connection(tls, peer, engine, &limits, &counters, deadline).await,
-                            Ok(Err(e)) => {
-                                counters.tls_failures.fetch_add(1, Ordering::Relaxed);
-                                tracing::info!(%peer, error = %e, "TLS handshake failed; connection closed");
-                            }
-                            Err(_) => {
-                                counters.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-                                tracing::debug!(%peer, "no TLS handshake in time; connection closed");
-                            }
-                        }
+                if transport.tls.is_none() && !transport.websocket {
+                    // Plain MQTT over TCP, the common case, without the indirection of a boxed stream.
+                    return connection(socket, peer, engine, &limits, &counters, deadline).await;
+                }
+                match tokio::time::timeout_at(deadline, handshake(socket, &transport, peer, &counters)).await {
+                    Ok(Some(stream)) => connection(stream, peer, engine, &limits, &counters, deadline).await,
+                    Ok(None) => {}
+                    Err(_) => {
+                        counters.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "no TLS or WebSocket handshake in time; connection closed");
                     }
                 }
             };
