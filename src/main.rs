@@ -101,7 +101,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                     Some(a) => println!("oldest     {a:.1} s ago"),
                     None => println!("oldest     (empty)"),
                 }
-                println!("accepted   {}   delivered {}", s.accepted, s.delivered);
+                println!("accepted   {}   delivered {}   refused by the broker {}", s.accepted, s.delivered, s.refused);
                 println!(
                     "dropped    {} (queue full)   {} (max_age)   rejected {} (queue full)   corrupted {}   not queued {}",
                     s.dropped_full, s.dropped_age, s.rejected_full, s.corrupted, s.not_queued

@@ -139,17 +139,30 @@ async fn setup() -> Setup {
 
 #[tokio::test]
 async fn readings_during_a_refused_outage_all_arrive_after_it_in_order() {
-    refused_outage(1).await;
+    refused_outage(1, "").await;
 }
 
 #[tokio::test]
 async fn qos2_readings_during_a_refused_outage_all_arrive_after_it_in_order() {
-    refused_outage(2).await;
+    refused_outage(2, "").await;
 }
 
-async fn refused_outage(qos: u8) {
+/// `upstream:` lines for MQTT 5.
+const MQTT5: &str = "  protocol: 5\n";
+
+#[tokio::test]
+async fn mqtt5_readings_during_a_refused_outage_all_arrive_after_it_in_order() {
+    refused_outage(1, MQTT5).await;
+}
+
+#[tokio::test]
+async fn mqtt5_qos2_readings_during_a_refused_outage_all_arrive_after_it_in_order() {
+    refused_outage(2, MQTT5).await;
+}
+
+async fn refused_outage(qos: u8, more: &str) {
     let mut s = setup().await;
-    let gw = start(config_from(&at_qos(&s.config_text(""), qos))).await;
+    let gw = start(config_from(&at_qos(&s.config_text(more), qos))).await;
     let mut seen = Vec::new();
     write_range(&mut s.pty, 1..=20).await;
     collect(&mut s.sub, &mut seen, 1..=20, WAIT).await;
@@ -595,17 +608,22 @@ async fn reload_keeps_the_bridge_unless_its_section_changed() {
 
 #[tokio::test]
 async fn cloud_restarted_with_persistence_resumes_the_session_at_qos1() {
-    cloud_restart_with_persistence(1).await;
+    cloud_restart_with_persistence(1, "").await;
 }
 
 #[tokio::test]
 async fn cloud_restarted_with_persistence_resumes_the_session_at_qos2() {
-    cloud_restart_with_persistence(2).await;
+    cloud_restart_with_persistence(2, "").await;
+}
+
+#[tokio::test]
+async fn mqtt5_cloud_restarted_with_persistence_resumes_the_session_at_qos2() {
+    cloud_restart_with_persistence(2, MQTT5).await;
 }
 
 /// The cloud broker keeps sessions on disk and is restarted while readings stream: the gateway's
 /// session is resumed (unfinished exchanges completed, not restarted) and nothing is lost.
-async fn cloud_restart_with_persistence(qos: u8) {
+async fn cloud_restart_with_persistence(qos: u8, more: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut cloud = Mosquitto::start(dir.path(), &persistence(dir.path())).await;
     let proxy = Proxy::start(cloud.addr()).await;
@@ -618,7 +636,7 @@ async fn cloud_restart_with_persistence(qos: u8) {
     };
     let mut sub = subscribe_with(sub_opts(), &[("sites/#", QoS::AtLeastOnce)]).await.unwrap();
     let mut pty = pty();
-    let text = at_qos(&yaml(&pty.path, dir.path(), proxy.addr, &plain("")), qos);
+    let text = at_qos(&yaml(&pty.path, dir.path(), proxy.addr, &plain(more)), qos);
     let gw = start(config_from(&text)).await;
     wait_for("bridge connected", || gw.bridge_status().is_some_and(|b| b.connected)).await;
     write_range(&mut pty, 1..=40).await;
@@ -751,5 +769,89 @@ async fn the_bridge_status_shows_the_queue_ageing_while_the_link_waits() {
         }
     }
     assert!(ages[2] > ages[0] + 0.5, "the oldest message ages between publishes: {ages:?}");
+    gw.shutdown().await;
+}
+
+/// An MQTT 5 subscriber on the cloud broker: every message on `UP` with its user properties and
+/// message expiry interval.
+async fn v5_subscriber(
+    cloud: std::net::SocketAddr,
+) -> tokio::sync::mpsc::UnboundedReceiver<(String, Vec<(String, String)>, Option<u32>)> {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(format!("v5-{}", fastrand::u32(..)), "127.0.0.1", cloud.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 64);
+    client.subscribe(UP, rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        let _client = client;
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(t) = ready_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let props = p.properties.unwrap_or_default();
+                    let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                    let _ = tx.send((payload, props.user_properties, props.message_expiry_interval));
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, ready).await.expect("v5 SUBACK in time").unwrap();
+    rx
+}
+
+#[tokio::test]
+async fn mqtt5_messages_carry_their_accept_time_and_expire_when_the_queue_would_drop_them() {
+    let mut s = setup().await;
+    let mut v5 = v5_subscriber(s.cloud.addr()).await;
+    let more = format!("{MQTT5}  queue: {{ max_age: 1h }}\n");
+    let gw = start(config_from(&s.config_text(&more))).await;
+    let before = chrono::Utc::now();
+    write_range(&mut s.pty, 1..=3).await;
+    for want in 1..=3 {
+        let (payload, props, expiry) = tokio::time::timeout(WAIT, v5.recv()).await.expect("in time").unwrap();
+        assert_eq!(payload, want.to_string());
+        let accepted: Vec<&(String, String)> = props.iter().filter(|(k, _)| k == "accepted_at").collect();
+        assert_eq!(accepted.len(), 1, "{props:?}");
+        let at = chrono::DateTime::parse_from_rfc3339(&accepted[0].1).expect("RFC 3339").with_timezone(&chrono::Utc);
+        assert!(at >= before - chrono::Duration::milliseconds(1) && at <= chrono::Utc::now(), "{at} vs {before}");
+        // What is left of max_age (1 h) when it was sent, as the cloud broker passes it on.
+        let expiry = expiry.expect("a message expiry interval");
+        assert!((3590..=3600).contains(&expiry), "{expiry}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn mqtt5_a_message_the_cloud_refuses_leaves_the_queue_as_refused_and_the_rest_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    // The cloud lets the gateway publish only its status and `sites/gw/s/n`; `sites/gw/s/x` is
+    // refused (Mosquitto answers an MQTT 5 client with reason code 0x87, not authorized).
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite gw/#\ntopic readwrite sites/gw/s/n\ntopic read sites/#\n").unwrap();
+    let cloud = Mosquitto::start(dir.path(), &format!("acl_file {}", acl.display())).await;
+    let mut sub = subscribe(cloud.addr(), &[("sites/#", QoS::AtLeastOnce)]).await;
+    let mut pty = pty();
+    let text = yaml(&pty.path, dir.path(), cloud.addr(), &plain(MQTT5)).replace("columns: [n]", "columns: [n, x]");
+    let gw = start(config_from(&text)).await;
+    for i in 1..=10 {
+        pty.write(format!("{i},{}\n", i * 100).as_bytes()).await;
+    }
+    let mut seen = Vec::new();
+    collect(&mut sub, &mut seen, 1..=10, WAIT).await;
+    check_exact(&seen, 1..=10);
+    wait_for("the refused ones counted", || gw.queue_status().is_some_and(|q| q.refused == 10 && q.depth == 0)).await;
+    let q = gw.queue_status().unwrap();
+    assert_eq!((q.accepted, q.delivered, q.refused), (20, 10, 10), "{q:?}");
+    assert!(sub.drain_on("sites/gw/s/x", Duration::from_millis(300)).await.is_empty(), "nothing refused arrives");
     gw.shutdown().await;
 }

@@ -29,6 +29,10 @@ pub fn describe(config: &Config, file: &Path) -> String {
     }
     if let Some(u) = &config.upstream {
         let tls = if u.tls.is_some() { "TLS" } else { "plain TCP, no TLS" };
+        let tls = match u.protocol {
+            crate::upstream::settings::Protocol::V311 => format!("MQTT 3.1.1, {tls}"),
+            crate::upstream::settings::Protocol::V5 => format!("MQTT 5, {tls}"),
+        };
         let _ = writeln!(
             s,
             "upstream {}:{} ({tls}) as client `{}`; status on {}",

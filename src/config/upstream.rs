@@ -20,6 +20,9 @@ pub use crate::upstream::tls::TlsSettings;
 pub struct RawUpstream {
     /// Host name or address of the cloud broker.
     pub host: String,
+    /// `3.1.1` (default) or `5`.
+    #[serde(default)]
+    pub protocol: crate::upstream::settings::Protocol,
     /// Default 8883 with TLS, 1883 without.
     pub port: Option<u16>,
     /// `{gateway}` is filled in. The broker keeps the session under this id (clean_session=false),
@@ -302,6 +305,7 @@ pub(super) fn resolve_upstream(
     let port = raw.port.unwrap_or(if tls.is_some() { 8883 } else { 1883 });
     Some(UpstreamSettings {
         host: raw.host.clone(),
+        protocol: raw.protocol,
         port,
         client_id,
         keepalive: raw.keepalive,

@@ -201,6 +201,7 @@ impl Collector for Sources {
             for (name, help, value) in [
                 ("ser2mqtt_queue_accepted", "Messages accepted into the queue", q.accepted),
                 ("ser2mqtt_queue_delivered", "Messages acknowledged by the upstream broker", q.delivered),
+                ("ser2mqtt_queue_refused", "Messages the upstream broker refused (MQTT 5 reason codes)", q.refused),
                 ("ser2mqtt_queue_dropped_full", "Oldest messages dropped to make room (max_bytes)", q.dropped_full),
                 ("ser2mqtt_queue_dropped_age", "Messages dropped for being older than max_age", q.dropped_age),
                 ("ser2mqtt_queue_rejected_full", "New messages refused because the queue was full", q.rejected_full),

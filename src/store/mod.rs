@@ -153,6 +153,9 @@ pub struct QueueStatus {
     pub oldest_age_s: Option<f64>,
     pub accepted: u64,
     pub delivered: u64,
+    /// Messages the cloud broker refused (MQTT 5 reason codes: not authorized, quota…); removed from
+    /// the queue, since sending them again would be refused again.
+    pub refused: u64,
     pub dropped_full: u64,
     pub dropped_age: u64,
     pub rejected_full: u64,
@@ -162,9 +165,10 @@ pub struct QueueStatus {
     pub not_queued: u64,
 }
 
-const COUNTERS: [&str; 8] = [
+const COUNTERS: [&str; 9] = [
     "accepted",
     "delivered",
+    "refused",
     "dropped_full",
     "dropped_age",
     "rejected_full",
@@ -174,7 +178,7 @@ const COUNTERS: [&str; 8] = [
 ];
 
 #[derive(Debug, Default, Clone, Copy)]
-struct Counters([u64; 8]);
+struct Counters([u64; 9]);
 
 impl Counters {
     fn bump(&mut self, name: &str, n: u64) {
@@ -350,6 +354,7 @@ fn status_from(depth: u64, bytes: u64, oldest: Option<i64>, c: &Counters) -> Que
         oldest_age_s: oldest.map(|o| (now_ms() - o).max(0) as f64 / 1000.0),
         accepted: c.get("accepted"),
         delivered: c.get("delivered"),
+        refused: c.get("refused"),
         dropped_full: c.get("dropped_full"),
         dropped_age: c.get("dropped_age"),
         rejected_full: c.get("rejected_full"),

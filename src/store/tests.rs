@@ -26,7 +26,7 @@ fn drop_oldest_keeps_the_newest_within_the_byte_bound() {
     let store = Store::open(&s.path, Some(s.clone())).unwrap();
     let recs: Vec<Record> = (0..25).map(rec).collect();
     for chunk in recs.chunks(4) {
-        store.append(chunk, &[], &[], &[]).unwrap();
+        store.append(chunk, &[], &[], &[], &[]).unwrap();
     }
     // 10 bytes per record, 100 bytes allowed: the last 10 survive.
     let got: Vec<String> = store
@@ -50,7 +50,7 @@ fn an_unreadable_file_is_moved_aside_not_fatal() {
     let path = dir.path().join("queue.db");
     std::fs::write(&path, vec![0x5a; 8192]).unwrap();
     let store = Store::open(&path, None).unwrap();
-    store.append(&[], &[Record { retain: true, ..rec(1) }], &[], &[]).unwrap();
+    store.append(&[], &[Record { retain: true, ..rec(1) }], &[], &[], &[]).unwrap();
     assert_eq!(store.retained().unwrap().len(), 1);
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -67,7 +67,7 @@ fn a_torn_wal_tail_loses_only_the_last_commit() {
     let store = Store::open(&s.path.clone(), Some(s.clone())).unwrap();
     let recs: Vec<Record> = (0..50).map(rec).collect();
     for chunk in recs.chunks(10) {
-        store.append(chunk, &[], &[], &[]).unwrap();
+        store.append(chunk, &[], &[], &[], &[]).unwrap();
     }
     // What a power cut leaves: the files as they are while the store is open, the WAL's last
     // frame cut short.
@@ -88,7 +88,7 @@ fn reject_newest_keeps_the_backlog() {
     let s = settings(dir.path(), 100, WhenFull::RejectNewest);
     let store = Store::open(&s.path.clone(), Some(s)).unwrap();
     let recs: Vec<Record> = (0..25).map(rec).collect();
-    store.append(&recs, &[], &[], &[]).unwrap();
+    store.append(&recs, &[], &[], &[], &[]).unwrap();
     let got = store.read(0, i64::MAX, 100).unwrap();
     assert_eq!(got.len(), 10);
     assert_eq!(&got[9].record.payload[..], b"000000009");

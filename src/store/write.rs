@@ -9,12 +9,14 @@ impl Store {
     /// Writes `queued` (bound upstream) and `retained` (last value per local topic) in one
     /// transaction, applying the queue's age and size bounds first.
     /// `acked` are ids the cloud broker acknowledged, deleted in the same transaction (one commit,
-    /// one fsync, for both directions); `stages` are QoS 2 packet ids and stages to record.
+    /// one fsync, for both directions); `refused` are ids it refused (MQTT 5 reason codes), deleted
+    /// and counted as refused; `stages` are QoS 2 packet ids and stages to record.
     pub fn append(
         &self,
         queued: &[Record],
         retained: &[Record],
         acked: &[i64],
+        refused: &[i64],
         stages: &[StageChange],
     ) -> Result<AppendOutcome, StoreError> {
         let mut g = self.lock();
@@ -22,7 +24,7 @@ impl Store {
         // The figures are updated as the transaction goes; a failed one (disk full) rolls back, and
         // so must they.
         let figures = (inner.depth, inner.bytes);
-        let result = self.append_in(inner, queued, retained, acked, stages);
+        let result = self.append_in(inner, queued, retained, acked, refused, stages);
         if result.is_err() {
             (inner.depth, inner.bytes) = figures;
         }
@@ -36,11 +38,13 @@ impl Store {
         queued: &[Record],
         retained: &[Record],
         acked: &[i64],
+        refused: &[i64],
         stages: &[StageChange],
     ) -> Result<AppendOutcome, StoreError> {
         let mut out = AppendOutcome::default();
         let tx = inner.conn.transaction().map_err(|e| self.err(e))?;
         let mut delivered = 0;
+        let mut refused_n = 0;
         {
             let mut up =
                 tx.prepare_cached("UPDATE queue SET pkid = ?2, stage = ?3 WHERE id = ?1").map_err(|e| self.err(e))?;
@@ -51,10 +55,14 @@ impl Store {
         {
             let mut del =
                 tx.prepare_cached("DELETE FROM queue WHERE id = ?1 RETURNING size").map_err(|e| self.err(e))?;
-            for id in acked {
+            for (id, was_refused) in acked.iter().map(|i| (i, false)).chain(refused.iter().map(|i| (i, true))) {
                 // Already gone (evicted meanwhile, or acknowledged twice after a resend): ignored.
                 if let Some(size) = del.query_row([id], |r| r.get::<_, i64>(0)).optional().map_err(|e| self.err(e))? {
-                    delivered += 1;
+                    if was_refused {
+                        refused_n += 1;
+                    } else {
+                        delivered += 1;
+                    }
                     inner.depth = inner.depth.saturating_sub(1);
                     inner.bytes = inner.bytes.saturating_sub(size as u64);
                 }
@@ -165,6 +173,7 @@ impl Store {
         counters.bump("dropped_age", out.expired);
         counters.bump("retained_saved", retained.len() as u64);
         counters.bump("delivered", delivered);
+        counters.bump("refused", refused_n);
         if counters.0 != inner.counters.0 || inner.unsaved {
             save_counters(&tx, &counters).map_err(|e| self.err(e))?;
         }

@@ -10,13 +10,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::mqttbytes::v4::{self, Packet};
-use rumqttc::mqttbytes::QoS;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{connect, Conn, LinkError};
+use super::conn::{connect, Ack, Conn, In, LinkError};
 use super::settings::UpstreamSettings;
 use crate::local_broker::LocalBroker;
 use crate::store::{now_ms, Record, Store, StoreError};
@@ -39,7 +37,13 @@ pub(crate) struct Link {
     pub broker: Arc<LocalBroker>,
     pub status: watch::Sender<BridgeStatus>,
     pub cancel: CancellationToken,
+    /// Warnings about messages the broker refused (MQTT 5), at most one per `REFUSAL_WARN_EVERY`.
+    pub refusals: std::sync::Mutex<crate::logging::Every>,
 }
+
+/// A broker that refuses one message (an ACL, a quota) usually refuses them all: one warning per
+/// this, with the count, not one per message.
+pub(crate) const REFUSAL_WARN_EVERY: Duration = Duration::from_secs(10);
 
 enum End {
     Cancelled,
@@ -75,7 +79,7 @@ impl Link {
             outbox.disconnected();
             // Acknowledged before the link broke: deleted before the next connection reads the
             // backlog, so they are not sent again.
-            self.writer.progress(outbox.take_acked(), outbox.take_stages(), true).await;
+            self.writer.progress(outbox.take_acked(), outbox.take_refused(), outbox.take_stages(), true).await;
             match end {
                 End::Cancelled => return,
                 End::Failed { error, connected } => {
@@ -180,7 +184,7 @@ impl Link {
                 }
                 p = conn.read() => match p {
                     Ok(p) => {
-                        if matches!(p, Packet::PingResp) {
+                        if matches!(p, In::PingResp) {
                             awaiting_pong = false;
                         }
                         if let Err(e) = self.incoming(p, outbox, &mut conn, held).await {
@@ -191,7 +195,7 @@ impl Link {
                 },
                 _ = self.committed.notified() => outbox.committed(),
                 _ = tick.tick() => {
-                    self.writer.progress(outbox.take_acked(), outbox.take_stages(), false).await;
+                    self.writer.progress(outbox.take_acked(), outbox.take_refused(), outbox.take_stages(), false).await;
                     let queue = self.store.status();
                     let replaying = outbox.replaying();
                     self.status.send_if_modified(|s| {
@@ -206,8 +210,8 @@ impl Link {
                         if awaiting_pong {
                             return failed(LinkError::Silent(keepalive));
                         }
-                        if let Err(e) = v4::PingReq.write(&mut conn.wbuf) {
-                            return failed(e.into());
+                        if let Err(e) = conn.ping() {
+                            return failed(e);
                         }
                         awaiting_pong = true;
                         ping_at = Instant::now() + keepalive;
@@ -236,57 +240,67 @@ impl Link {
 
     async fn incoming(
         &self,
-        p: Packet,
+        p: In,
         outbox: &mut Outbox,
         conn: &mut Conn,
         held: &mut HashSet<u16>,
     ) -> Result<(), LinkError> {
         match p {
-            Packet::PubAck(a) => {
-                outbox.puback(a.pkid);
+            In::PubAck { pkid, refused: None } => {
+                outbox.puback(pkid);
             }
-            Packet::PubRec(r) => {
-                let rel = outbox.pubrec(r.pkid);
+            In::PubRec { pkid, refused: None } => {
+                let rel = outbox.pubrec(pkid);
                 conn.put(&rel);
             }
-            Packet::PubComp(c) => outbox.pubcomp(c.pkid),
-            Packet::SubAck(a) => {
-                outbox.suback(a.pkid);
-                if a.return_codes.iter().any(|c| matches!(c, v4::SubscribeReasonCode::Failure)) {
+            // MQTT 5: the broker will not deliver it (not authorized, quota, bad topic…); sending it
+            // again would be refused again, so it leaves the queue, counted as `refused`.
+            In::PubAck { pkid, refused: Some(why) } | In::PubRec { pkid, refused: Some(why) } => {
+                if let Some(topic) = outbox.refused(pkid) {
+                    let mut warn = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+                    warn.note(1, |n| {
+                        tracing::warn!(%topic, reason = %why, refused_since_last = n,
+                            "the cloud broker refused a message ({n} since the last warning); dropped from the queue")
+                    });
+                }
+            }
+            In::PubComp { pkid } => outbox.pubcomp(pkid),
+            In::SubAck { pkid, failed } => {
+                outbox.suback(pkid);
+                if failed {
                     tracing::warn!("the cloud broker refused a downlink subscription (check its ACL)");
                 }
             }
-            Packet::Publish(p) => match p.qos {
-                QoS::AtMostOnce => self.downlink(p).await,
-                QoS::AtLeastOnce => {
-                    let pkid = p.pkid;
-                    self.downlink(p).await;
-                    v4::PubAck::new(pkid).write(&mut conn.wbuf)?;
+            In::Publish { topic, payload, qos, retain, pkid } => match qos {
+                0 => self.downlink(topic, payload, qos, retain).await,
+                1 => {
+                    self.downlink(topic, payload, qos, retain).await;
+                    conn.ack(Ack::Qos1, pkid)?;
                 }
-                QoS::ExactlyOnce => {
-                    let pkid = p.pkid;
+                _ => {
                     if held.insert(pkid) {
-                        self.downlink(p).await;
+                        self.downlink(topic, payload, qos, retain).await;
                     }
-                    v4::PubRec::new(pkid).write(&mut conn.wbuf)?;
+                    conn.ack(Ack::Received, pkid)?;
                 }
             },
-            Packet::PubRel(r) => {
-                held.remove(&r.pkid);
-                v4::PubComp::new(r.pkid).write(&mut conn.wbuf)?;
+            In::PubRel { pkid } => {
+                held.remove(&pkid);
+                conn.ack(Ack::Complete, pkid)?;
             }
-            Packet::Disconnect => return Err(LinkError::Closed),
-            _ => {}
+            In::Disconnect { reason: None } => return Err(LinkError::Closed),
+            In::Disconnect { reason: Some(why) } => return Err(LinkError::Disconnected(why)),
+            In::ConnAck { .. } | In::PingResp | In::Other(_) => {}
         }
         Ok(())
     }
 
-    async fn downlink(&self, p: v4::Publish) {
-        let Some(rule) = self.settings.downlink.iter().find(|d| rumqttc::matches(&p.topic, &d.filter)) else {
+    async fn downlink(&self, topic: String, payload: bytes::Bytes, qos: u8, retain: bool) {
+        let Some(rule) = self.settings.downlink.iter().find(|d| rumqttc::matches(&topic, &d.filter)) else {
             return;
         };
-        let topic = p.topic.strip_prefix(rule.strip_prefix.as_str()).unwrap_or(&p.topic).to_string();
-        let msg = OutMessage { topic, payload: p.payload, qos: p.qos as u8, retain: p.retain };
+        let topic = topic.strip_prefix(rule.strip_prefix.as_str()).unwrap_or(&topic).to_string();
+        let msg = OutMessage { topic, payload, qos, retain };
         if let Err(e) = self.broker.publish(&msg).await {
             tracing::warn!(topic = %msg.topic, error = %e, "downlink message not published locally");
         }
@@ -314,7 +328,7 @@ impl Link {
             }
         }
         // Unacknowledged `offline`: no DISCONNECT, so the broker publishes the will (`offline`) instead.
-        if !outbox.status_unacked() && v4::Disconnect.write(&mut conn.wbuf).is_ok() {
+        if !outbox.status_unacked() && conn.disconnect().is_ok() {
             // Long enough for a DISCONNECT to reach a live broker; a dead one is not waited for.
             let _ = tokio::time::timeout(Duration::from_millis(200), conn.flush()).await;
         }

@@ -68,7 +68,17 @@ impl Bridge {
             ..Default::default()
         };
         let (status_tx, status) = watch::channel(initial);
-        let link = link::Link { settings, store, writer, committed, broker, status: status_tx, cancel: cancel.clone() };
+        let refusals = std::sync::Mutex::new(crate::logging::Every::new(link::REFUSAL_WARN_EVERY));
+        let link = link::Link {
+            settings,
+            store,
+            writer,
+            committed,
+            broker,
+            status: status_tx,
+            cancel: cancel.clone(),
+            refusals,
+        };
         let task = tokio::spawn(link.run());
         Bridge { status, task, cancel }
     }

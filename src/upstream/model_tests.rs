@@ -137,7 +137,7 @@ impl World {
                         record(topic, &self.next.to_string(), qos)
                     })
                     .collect();
-                self.store().append(&records, &[], &[], &[]).unwrap();
+                self.store().append(&records, &[], &[], &[], &[]).unwrap();
                 let list = self.committed.entry(topic.into()).or_default();
                 list.extend(records.iter().map(payload));
                 self.outbox.committed();
@@ -167,7 +167,7 @@ impl World {
             }
             Op::Commit => {
                 let (acked, stages) = (self.outbox.take_acked(), self.outbox.take_stages());
-                self.store().append(&[], &[], &acked, &stages).unwrap();
+                self.store().append(&[], &[], &acked, &[], &stages).unwrap();
                 self.outbox.committed();
             }
             Op::Cut { session_kept } => {

@@ -8,10 +8,45 @@ use serde::Deserialize;
 
 use crate::store::QueueSettings;
 
+/// `upstream.protocol`: the MQTT version spoken to the cloud broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1: what every broker speaks.
+    #[default]
+    V311,
+    /// MQTT 5: each message carries its accept time as a user property and expires upstream when the
+    /// queue would have dropped it; refusals come with reason codes.
+    V5,
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    /// `5` (a YAML number), `"5"`, `5.0` or `"3.1.1"`.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(f64),
+            Text(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Number(5.0) => Ok(Protocol::V5),
+            Written::Text(t) if t == "5" || t == "5.0" => Ok(Protocol::V5),
+            Written::Text(t) if t == "3.1.1" => Ok(Protocol::V311),
+            Written::Number(n) => {
+                Err(serde::de::Error::custom(format!("MQTT {n} is not spoken here: use `3.1.1` or `5`")))
+            }
+            Written::Text(t) => {
+                Err(serde::de::Error::custom(format!("MQTT `{t}` is not spoken here: use `3.1.1` or `5`")))
+            }
+        }
+    }
+}
+
 /// The validated `upstream:` section.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub host: String,
+    pub protocol: Protocol,
     pub port: u16,
     pub client_id: String,
     pub keepalive: Duration,

@@ -40,6 +40,7 @@ enum Job {
     /// that commit is on disk.
     Progress {
         acked: Vec<i64>,
+        refused: Vec<i64>,
         stages: Vec<StageChange>,
         done: Option<oneshot::Sender<()>>,
     },
@@ -92,8 +93,8 @@ impl Acceptor {
 
     /// Queues acknowledged ids for deletion and stages for recording in the next commit; with
     /// `wait`, returns once that commit is done.
-    pub(crate) async fn progress(&self, acked: Vec<i64>, stages: Vec<StageChange>, wait: bool) {
-        if acked.is_empty() && stages.is_empty() && !wait {
+    pub(crate) async fn progress(&self, acked: Vec<i64>, refused: Vec<i64>, stages: Vec<StageChange>, wait: bool) {
+        if acked.is_empty() && refused.is_empty() && stages.is_empty() && !wait {
             return;
         }
         let (done, rx) = if wait {
@@ -102,7 +103,7 @@ impl Acceptor {
         } else {
             (None, None)
         };
-        if self.tx.send(Job::Progress { acked, stages, done }).await.is_ok() {
+        if self.tx.send(Job::Progress { acked, refused, stages, done }).await.is_ok() {
             if let Some(rx) = rx {
                 let _ = rx.await;
             }
@@ -226,6 +227,7 @@ async fn commit(store: &Arc<Store>, batch: Vec<Job>, failing: &mut Failing) {
     let mut queued = Vec::with_capacity(batch.len());
     let mut retained: Vec<Record> = Vec::new();
     let mut acked = Vec::new();
+    let mut refused = Vec::new();
     let mut stages = Vec::new();
     let mut waiting = Vec::new();
     for j in batch {
@@ -238,8 +240,9 @@ async fn commit(store: &Arc<Store>, batch: Vec<Job>, failing: &mut Failing) {
                     retained.push(r);
                 }
             }
-            Job::Progress { acked: a, stages: s, done } => {
+            Job::Progress { acked: a, refused: r, stages: s, done } => {
                 acked.extend(a);
+                refused.extend(r);
                 stages.extend(s);
                 waiting.extend(done);
             }
@@ -247,12 +250,14 @@ async fn commit(store: &Arc<Store>, batch: Vec<Job>, failing: &mut Failing) {
     }
     let s = store.clone();
     let n = queued.len() as u64;
-    let (a, st) = (acked.clone(), stages.clone());
+    let (a, rf, st) = (acked.clone(), refused.clone(), stages.clone());
     let result = tokio::task::spawn_blocking(move || {
-        let first = s.append(&queued, &retained, &acked, &stages);
+        let first = s.append(&queued, &retained, &acked, &refused, &stages);
         match first {
             // The WAL keeps its largest size: give that space back and try once more.
-            Err(e) if e.disk_full() && s.shrink_wal().is_ok() => s.append(&queued, &retained, &acked, &stages),
+            Err(e) if e.disk_full() && s.shrink_wal().is_ok() => {
+                s.append(&queued, &retained, &acked, &refused, &stages)
+            }
             other => other,
         }
     })
@@ -284,8 +289,8 @@ async fn commit(store: &Arc<Store>, batch: Vec<Job>, failing: &mut Failing) {
         }
         Ok(Err(e)) => {
             store.count_not_queued(n);
-            if !a.is_empty() || !st.is_empty() {
-                failing.carried = Some(Job::Progress { acked: a, stages: st, done: None });
+            if !a.is_empty() || !rf.is_empty() || !st.is_empty() {
+                failing.carried = Some(Job::Progress { acked: a, refused: rf, stages: st, done: None });
             }
             match &mut failing.since {
                 Some(lost) => *lost += n,

@@ -11,12 +11,21 @@ impl Outbox {
     }
 
     fn finish(&mut self, pkid: u16) {
+        self.finish_as(pkid, false);
+    }
+
+    /// Ends a message's exchange: delivered, or refused by the broker.
+    fn finish_as(&mut self, pkid: u16, refused: bool) {
         if let Some((_, Flight::Data { id, record, .. })) = self.flights.remove(&pkid) {
             self.flying.remove(&id);
             if record.qos == 2 {
                 self.flying_qos2 -= 1;
             }
-            self.acked.push(id);
+            if refused {
+                self.refused.push(id);
+            } else {
+                self.acked.push(id);
+            }
             // Not yet dealt with by the replay (maybe already read into its buffer): it must skip it.
             if self.replay_pos.is_some() && id > self.replay_seen && !self.sent_live.contains(&id) {
                 self.done_ahead.insert(id);
@@ -36,6 +45,23 @@ impl Outbox {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// MQTT 5: a PUBACK or PUBREC with a failure reason code: the broker will not deliver the message
+    /// and its exchange is over (no PUBREL follows). Returns its topic if the id was one of ours.
+    pub fn refused(&mut self, pkid: u16) -> Option<String> {
+        match self.flights.get(&pkid) {
+            Some((_, Flight::Data { record, .. })) => {
+                let topic = record.topic.clone();
+                self.finish_as(pkid, true);
+                Some(topic)
+            }
+            Some((_, Flight::Status)) => {
+                self.flights.remove(&pkid);
+                None
+            }
+            _ => None,
         }
     }
 
@@ -65,6 +91,11 @@ impl Outbox {
     /// Queue ids acknowledged since the last call (the store may delete them).
     pub fn take_acked(&mut self) -> Vec<i64> {
         std::mem::take(&mut self.acked)
+    }
+
+    /// Queue ids the broker refused since the last call (the store deletes them as refused).
+    pub fn take_refused(&mut self) -> Vec<i64> {
+        std::mem::take(&mut self.refused)
     }
 
     /// QoS 2 stage changes since the last call (the store commits them with the queue).

@@ -63,6 +63,8 @@ pub struct Outbox {
     /// Status messages and subscriptions waiting for a free packet id.
     control: VecDeque<Control>,
     acked: Vec<i64>,
+    /// Ids the broker refused (MQTT 5 reason codes): done, but not delivered.
+    refused: Vec<i64>,
     stages: Vec<StageChange>,
     connected: bool,
     /// Whether this run has not yet had a resumed session (the release sweep is then owed).
@@ -103,6 +105,7 @@ impl Outbox {
             urgent: VecDeque::new(),
             control: VecDeque::new(),
             acked: Vec::new(),
+            refused: Vec::new(),
             stages: Vec::new(),
             connected: false,
             sweep_owed: true,

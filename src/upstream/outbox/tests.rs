@@ -220,3 +220,23 @@ fn a_backlog_drains_even_when_readings_arrive_faster_than_replay_rate() {
     assert!(!o.replaying(), "the backlog drained; sent {} of {}", order.len(), next - 1);
     assert_eq!(order.len() as i64, next - 1, "everything is out");
 }
+
+#[test]
+fn a_refused_message_ends_its_exchange_as_refused_not_acked_and_frees_its_id() {
+    let t = Instant::now();
+    let mut o = Outbox::new(10, 1000, t);
+    o.sweep_owed = false;
+    let queue = vec![q(1, "a", 1), q(2, "b", 2), q(3, "c", 1)];
+    o.connected(false, 0, HashMap::new(), t);
+    let sent = pump(&mut o, &queue, t);
+    assert_eq!(sent.len(), 3);
+    // MQTT 5: PUBACK 0x87 for 1, PUBREC 0x97 for 2, a plain PUBACK for 3.
+    assert_eq!(o.refused(1).as_deref(), Some("a"));
+    assert_eq!(o.refused(2).as_deref(), Some("b"));
+    assert!(o.puback(3));
+    assert_eq!(o.take_refused(), vec![1, 2]);
+    assert_eq!(o.take_acked(), vec![3]);
+    assert_eq!(o.refused(1), None, "an id already finished is not ours any more");
+    // Nothing is owed for them: no PUBREL for the refused QoS 2, no resend.
+    assert!(pump(&mut o, &queue, t + Duration::from_secs(60)).is_empty());
+}
