@@ -2,6 +2,7 @@
 //! a client that trusts another CA is refused, and with `client_ca` a client needs a certificate that
 //! CA signed.
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 
@@ -28,13 +29,20 @@ maps:
     )
 }
 
-/// `mosquitto_sub` for one message on `sensors/n`, with the given extra arguments.
-fn sub_once(port: u16, extra: &[&std::ffi::OsStr]) -> Output {
-    Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "sensors/n", "-C", "1", "-W", "10"])
-        .args(extra)
-        .output()
-        .expect("mosquitto_sub (mosquitto-clients) is installed")
+/// `mosquitto_sub` for one message on `sensors/n`: over TLS trusting `ca` (plain MQTT without),
+/// presenting `client` (certificate, key) if given. Runs on a blocking thread.
+async fn sub_once(port: u16, ca: Option<&Path>, client: Option<(&Path, &Path)>) -> Output {
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "sensors/n", "-C", "1", "-W", "10"]);
+    if let Some(ca) = ca {
+        cmd.arg("--cafile").arg(ca);
+    }
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    tokio::task::spawn_blocking(move || cmd.output().expect("mosquitto_sub (mosquitto-clients) is installed"))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -48,19 +56,15 @@ async fn readings_reach_a_tls_subscriber_and_a_client_trusting_another_ca_is_ref
     let counters = gw.broker();
     wait_for("the reading is retained", || gw.stats()[0].1.frames.load(Ordering::Relaxed) == 1).await;
 
-    let ok = tokio::task::spawn_blocking(move || sub_once(port, &["--cafile".as_ref(), server.ca.as_os_str()]))
-        .await
-        .unwrap();
+    let ok = sub_once(port, Some(&server.ca), None).await;
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_eq!(String::from_utf8_lossy(&ok.stdout), "42\n");
 
-    let ca = other.ca.clone();
-    let refused =
-        tokio::task::spawn_blocking(move || sub_once(port, &["--cafile".as_ref(), ca.as_os_str()])).await.unwrap();
+    let refused = sub_once(port, Some(&other.ca), None).await;
     assert!(!refused.status.success(), "a server certificate from an unknown CA is refused by the client");
     assert!(refused.stdout.is_empty());
     // Plain MQTT on a TLS port: the handshake fails and nothing is answered.
-    let plain = tokio::task::spawn_blocking(move || sub_once(port, &[])).await.unwrap();
+    let plain = sub_once(port, None, None).await;
     assert!(!plain.status.success() && plain.stdout.is_empty());
     wait_for("failed handshakes counted", || counters.front_counters().tls_failures.load(Ordering::Relaxed) >= 2).await;
     gw.shutdown().await;
@@ -76,45 +80,11 @@ async fn with_client_ca_a_client_needs_a_certificate_that_ca_signed() {
     pty.write(b"7\n").await;
     wait_for("the reading is retained", || gw.stats()[0].1.frames.load(Ordering::Relaxed) == 1).await;
 
-    let ca = server.ca.clone();
-    let without =
-        tokio::task::spawn_blocking(move || sub_once(port, &["--cafile".as_ref(), ca.as_os_str()])).await.unwrap();
+    let without = sub_once(port, Some(&server.ca), None).await;
     assert!(!without.status.success() && without.stdout.is_empty(), "no client certificate: refused");
-
-    let (ca, cert, key) = (server.ca.clone(), other.client_cert.clone(), other.client_key.clone());
-    let foreign = tokio::task::spawn_blocking(move || {
-        sub_once(
-            port,
-            &[
-                "--cafile".as_ref(),
-                ca.as_os_str(),
-                "--cert".as_ref(),
-                cert.as_os_str(),
-                "--key".as_ref(),
-                key.as_os_str(),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let foreign = sub_once(port, Some(&server.ca), Some((&other.client_cert, &other.client_key))).await;
     assert!(!foreign.status.success() && foreign.stdout.is_empty(), "a certificate another CA signed: refused");
-
-    let (ca, cert, key) = (server.ca.clone(), server.client_cert.clone(), server.client_key.clone());
-    let with = tokio::task::spawn_blocking(move || {
-        sub_once(
-            port,
-            &[
-                "--cafile".as_ref(),
-                ca.as_os_str(),
-                "--cert".as_ref(),
-                cert.as_os_str(),
-                "--key".as_ref(),
-                key.as_os_str(),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let with = sub_once(port, Some(&server.ca), Some((&server.client_cert, &server.client_key))).await;
     assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
     assert_eq!(String::from_utf8_lossy(&with.stdout), "7\n");
     gw.shutdown().await;

@@ -131,6 +131,14 @@ fn render(template: Option<&Value>, payload: &str) -> String {
     }
 }
 
+/// What Home Assistant shows for the entity of `doc`, given the readings that arrived: the message
+/// on its state topic through its value template.
+fn state(doc: &Value, readings: &[Got]) -> String {
+    let topic = doc["state_topic"].as_str().unwrap();
+    let got = readings.iter().find(|g| g.topic == topic).unwrap_or_else(|| panic!("nothing on {topic}"));
+    render(doc.get("value_template"), &got.payload)
+}
+
 /// Every retained document under `homeassistant/`, by topic, once `n` have arrived.
 async fn documents(sub: &mut Subscriber, n: usize) -> Vec<(String, Value)> {
     let got = sub.take_on("homeassistant/", n).await;
@@ -207,11 +215,7 @@ async fn pms5003_fields_are_announced_with_units_and_device_classes_and_their_st
     let count_0_3 = u16::from_be_bytes([frame[16], frame[17]]).to_string();
     pty.write(&frame).await;
     let readings = sub.take_on("sensors/", 4).await;
-    let state = |doc: &Value| {
-        let topic = doc["state_topic"].as_str().unwrap();
-        let got = readings.iter().find(|g| g.topic == topic).unwrap_or_else(|| panic!("nothing on {topic}"));
-        render(doc.get("value_template"), &got.payload)
-    };
+    let state = |doc: &Value| state(doc, &readings);
     assert_eq!(state(find(&docs, "homeassistant/sensor/garden-pi/air_pm2_5/config")), atm_pm2_5);
     assert_eq!(state(counts), count_0_3);
 
@@ -250,11 +254,7 @@ async fn gps_fields_come_from_the_maps_that_publish_them_and_an_absent_value_is_
     pty.write(&nmea_sentence("GPGGA,123519,4807.038,N,01131.000,E,1,08,,545.4,M,46.9,M,,")).await;
     pty.write(&nmea_sentence("GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W")).await;
     let readings = sub.take_on("sensors/", 9).await;
-    let state = |doc: &Value| {
-        let topic = doc["state_topic"].as_str().unwrap();
-        let got = readings.iter().find(|g| g.topic == topic).unwrap_or_else(|| panic!("nothing on {topic}"));
-        render(doc.get("value_template"), &got.payload)
-    };
+    let state = |doc: &Value| state(doc, &readings);
     assert_eq!(state(lat), "48.1173", "decimal degrees");
     assert_eq!(state(speed), "22.4");
     assert_eq!(state(hdop), "None", "a GGA without HDOP is unknown, not a template error");
