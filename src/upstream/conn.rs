@@ -58,9 +58,11 @@ pub(super) enum LinkError {
 /// A packet from the broker, whichever the version.
 #[derive(Debug)]
 pub(super) enum In {
+    /// `receive_maximum`: MQTT 5, how many QoS 1/2 messages the broker takes unacknowledged.
     ConnAck {
         session_present: bool,
         refused: Option<String>,
+        receive_maximum: Option<u16>,
     },
     /// `refused`: an MQTT 5 reason code of 0x80 or more (the broker will not deliver it).
     PubAck {
@@ -112,6 +114,8 @@ pub(super) struct Conn {
     protocol: Protocol,
     /// MQTT 5: the queue's `max_age`, which each message's expiry interval is what is left of.
     max_age: Duration,
+    /// MQTT 5: the broker's Receive Maximum from its CONNACK (it disconnects a client that exceeds it).
+    pub(super) receive_maximum: Option<u16>,
     rbuf: BytesMut,
     /// Encoded packets waiting for `flush`; the link writes acknowledgements straight into it.
     pub(super) wbuf: BytesMut,
@@ -278,6 +282,7 @@ fn from_v4(p: v4::Packet) -> In {
         v4::Packet::ConnAck(a) => In::ConnAck {
             session_present: a.session_present,
             refused: (a.code != v4::ConnectReturnCode::Success).then(|| format!("{:?}", a.code)),
+            receive_maximum: None,
         },
         v4::Packet::PubAck(a) => In::PubAck { pkid: a.pkid, refused: None },
         v4::Packet::PubRec(r) => In::PubRec { pkid: r.pkid, refused: None },
@@ -303,6 +308,7 @@ fn from_v5(p: v5::Packet) -> In {
         v5::Packet::ConnAck(a) => In::ConnAck {
             session_present: a.session_present,
             refused: refused(a.code == v5::ConnectReturnCode::Success, format!("{:?}", a.code)),
+            receive_maximum: a.properties.and_then(|p| p.receive_max),
         },
         v5::Packet::PubAck(a) => In::PubAck {
             pkid: a.pkid,
@@ -367,6 +373,7 @@ pub(super) async fn connect(s: &UpstreamSettings) -> Result<(Conn, bool), LinkEr
             io,
             protocol: s.protocol,
             max_age: s.queue.max_age,
+            receive_maximum: None,
             rbuf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             wbuf: BytesMut::new(),
             write_timeout: s.keepalive + s.connect_timeout,
@@ -401,7 +408,10 @@ pub(super) async fn connect(s: &UpstreamSettings) -> Result<(Conn, bool), LinkEr
         }
         conn.flush().await?;
         match conn.read().await? {
-            In::ConnAck { session_present, refused: None } => Ok((conn, session_present)),
+            In::ConnAck { session_present, refused: None, receive_maximum } => {
+                conn.receive_maximum = receive_maximum;
+                Ok((conn, session_present))
+            }
             In::ConnAck { refused: Some(why), .. } => Err(LinkError::Refused(why)),
             other => Err(LinkError::NotConnAck(in_name(&other))),
         }

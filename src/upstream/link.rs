@@ -130,7 +130,8 @@ impl Link {
             error: format!("{e} (after {:.1?} connected)", connected_at.elapsed()),
             connected: true,
         };
-        tracing::info!(broker = %self.status.borrow().broker, session_present, "upstream connected");
+        tracing::info!(broker = %self.status.borrow().broker, session_present, receive_maximum = ?conn.receive_maximum, "upstream connected");
+        outbox.limit_window(conn.receive_maximum);
         if !session_present {
             held.clear();
         }

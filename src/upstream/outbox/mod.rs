@@ -49,6 +49,8 @@ pub const READ_CHUNK: usize = 256;
 pub struct Outbox {
     /// Most queued messages sent and not yet acknowledged.
     window: usize,
+    /// `queue.inflight` as configured; `window` is this or less (an MQTT 5 broker's Receive Maximum).
+    configured_window: usize,
     /// Where the search for a free packet id starts.
     next_pkid: u16,
     /// Each id in use, with the sequence number it was taken at (to resend in the original order).
@@ -97,6 +99,7 @@ impl Outbox {
     pub fn new(window: u16, replay_rate: u32, now: Instant) -> Outbox {
         Outbox {
             window: window.max(1) as usize,
+            configured_window: window.max(1) as usize,
             next_pkid: 1,
             flights: HashMap::new(),
             seq: 0,
@@ -142,6 +145,15 @@ impl Outbox {
 
     /// The broker accepted a connection. `last_id` is the newest queued id and `backlog` the number
     /// of queued messages per topic up to it (both read when the CONNACK came).
+    /// Keeps the window within what the broker takes unacknowledged (MQTT 5 Receive Maximum), one
+    /// short of it for the status message that shares the session; `None`: the configured window.
+    pub fn limit_window(&mut self, receive_maximum: Option<u16>) {
+        self.window = match receive_maximum {
+            Some(m) => self.configured_window.min((m as usize).saturating_sub(1).max(1)),
+            None => self.configured_window,
+        };
+    }
+
     pub fn connected(&mut self, session_present: bool, last_id: i64, backlog: HashMap<String, u64>, now: Instant) {
         self.connected = true;
         self.urgent.clear();

@@ -240,3 +240,18 @@ fn a_refused_message_ends_its_exchange_as_refused_not_acked_and_frees_its_id() {
     // Nothing is owed for them: no PUBREL for the refused QoS 2, no resend.
     assert!(pump(&mut o, &queue, t + Duration::from_secs(60)).is_empty());
 }
+
+#[test]
+fn an_mqtt5_receive_maximum_narrows_the_window_and_a_later_connection_widens_it_again() {
+    let t = Instant::now();
+    let mut o = Outbox::new(100, 100_000, t);
+    o.sweep_owed = false;
+    let queue: Vec<Queued> = (1..=50).map(|i| q(i, "t", 1)).collect();
+    o.limit_window(Some(10));
+    o.connected(false, 0, HashMap::new(), t);
+    assert_eq!(pump(&mut o, &queue, t).len(), 9, "one short of the broker's 10, for the status message");
+    o.disconnected();
+    o.limit_window(None);
+    o.connected(false, 0, HashMap::new(), t);
+    assert_eq!(pump(&mut o, &queue, t).len(), 50, "the configured window again");
+}
