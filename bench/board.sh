@@ -25,7 +25,7 @@ echo "$ports ports × $hz lines/s × 2 fields, $secs s windows, medians of $runs
 echo
 echo "| | ser2mqtt (broker included) | Python + Mosquitto | ratio |"
 echo "|---|---|---|---|"
-for f in readings_per_s delivered cpu_us_per_reading cpu_percent peak_rss_kib; do
+for f in readings_per_s delivered cpu_us_per_reading cpu_percent peak_rss_kib latency_p50_us latency_p99_us latency_p999_us latency_max_us; do
     a=$(field ser2mqtt "$f"); b=$(field python "$f")
     echo "| $f | $a | $b | $(awk "BEGIN{ if ($b > 0) printf \"%.2f\", $a/$b; else print \"-\" }") |"
 done

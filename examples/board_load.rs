@@ -2,14 +2,17 @@
 //! fixed rate, read by a contender (the ser2mqtt release binary with its embedded broker, or the
 //! Python baseline with Mosquitto), every field counted at a TCP subscriber. Prints one line of
 //! figures for the measured window: readings/s delivered, CPU µs per reading and CPU % of the
-//! contender's processes (from /proc), RSS and peak RSS.
+//! contender's processes (from /proc), RSS and peak RSS, and the latency from a line's write to
+//! the pty to its `hum` field at the subscriber (p50, p99, p99.9, max; `hum` carries a sequence
+//! number so each message is matched to its write).
 //!
 //! Usage: board_load ser2mqtt BIN | python SCRIPT MOSQUITTO  [--ports N] [--hz N] [--secs N]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -138,6 +141,11 @@ async fn main() {
 
     // The subscriber: every field message counted.
     let received = Arc::new(AtomicU64::new(0));
+    // When each (port, sequence) line was written; latencies (µs) seen during the measured window.
+    let written: Arc<Mutex<HashMap<(usize, u64), Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let measuring = Arc::new(AtomicBool::new(false));
+    let (w, l, m) = (written.clone(), latencies.clone(), measuring.clone());
     let mut o = MqttOptions::new("board-sub", "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
@@ -147,8 +155,21 @@ async fn main() {
     tokio::spawn(async move {
         loop {
             match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(_))) => {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let now = Instant::now();
                     r.fetch_add(1, Ordering::Relaxed);
+                    // bench/p{i}/hum carries the line's sequence number.
+                    let mut levels = p.topic.split('/');
+                    if let (Some(port), Some("hum")) = (levels.nth(1), levels.next()) {
+                        let port = port.trim_start_matches('p').parse::<usize>().ok();
+                        let seq = std::str::from_utf8(&p.payload).ok().and_then(|s| s.trim().parse::<u64>().ok());
+                        if let (Some(port), Some(seq)) = (port, seq) {
+                            let sent = w.lock().unwrap().remove(&(port, seq));
+                            if let (Some(sent), true) = (sent, m.load(Ordering::Relaxed)) {
+                                l.lock().unwrap().push(now.duration_since(sent).as_micros() as u64);
+                            }
+                        }
+                    }
                 }
                 Ok(_) => {}
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -159,6 +180,7 @@ async fn main() {
     // The sensors: one line per port every 1/hz, paced from a common start.
     let period = Duration::from_nanos(1_000_000_000 / hz);
     for (i, mut m) in masters.into_iter().enumerate() {
+        let written = written.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,7 +188,8 @@ async fn main() {
             loop {
                 tick.tick().await;
                 n += 1;
-                let line = format!("temp={}.{},hum={}\r\n", 20 + (n % 10), i % 10, 40 + (n % 20));
+                let line = format!("temp={}.{},hum={n}\r\n", 20 + (n % 10), i % 10);
+                written.lock().unwrap().insert((i, n), Instant::now());
                 if m.write_all(line.as_bytes()).await.is_err() {
                     return;
                 }
@@ -177,6 +200,7 @@ async fn main() {
     let pids: Vec<u32> = children.iter().map(|c| c.0.id()).collect();
     let before: u64 = pids.iter().map(|p| sample(*p).0).sum();
     let got_before = received.load(Ordering::Relaxed);
+    measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     let mut rss_max = 0;
     while t0.elapsed() < Duration::from_secs(secs) {
@@ -184,6 +208,11 @@ async fn main() {
         rss_max = rss_max.max(pids.iter().map(|p| sample(*p).1).sum());
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    measuring.store(false, Ordering::Relaxed);
+    let mut lat = latencies.lock().unwrap().clone();
+    lat.sort_unstable();
+    let pct =
+        |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
     let after: u64 = pids.iter().map(|p| sample(*p).0).sum();
     let got = received.load(Ordering::Relaxed) - got_before;
     let peak: u64 = pids.iter().map(|p| sample(*p).2).sum();
@@ -191,12 +220,16 @@ async fn main() {
     let cpu_s = (after - before) as f64 / 100.0;
     let offered = (ports as u64 * hz * 2) as f64 * elapsed;
     println!(
-        "{} ports={ports} hz={hz} readings_per_s={:.0} delivered={:.3} cpu_us_per_reading={:.2} cpu_percent={:.1} rss_kib={rss_max} peak_rss_kib={peak}",
+        "{} ports={ports} hz={hz} readings_per_s={:.0} delivered={:.3} cpu_us_per_reading={:.2} cpu_percent={:.1} rss_kib={rss_max} peak_rss_kib={peak} latency_p50_us={} latency_p99_us={} latency_p999_us={} latency_max_us={}",
         args[0],
         got as f64 / elapsed,
         got as f64 / offered,
         cpu_s * 1e6 / got.max(1) as f64,
         100.0 * cpu_s / elapsed,
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        lat.last().copied().unwrap_or(0),
     );
     drop(slaves);
 }
