@@ -10,12 +10,13 @@
 //! configuration changed, and swaps the topic maps between two readings; the broker keeps running.
 
 mod durable;
+mod health;
 mod publish;
 mod report;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +35,8 @@ use crate::store::StoreError;
 use crate::topic_map::TopicMap;
 use crate::upstream::BridgeStatus;
 use durable::{open_durable, Durable};
-use publish::{publish_loop, status, PUBLISHER_HEARTBEAT};
+use health::Health;
+use publish::{publish_loop, status};
 
 /// Everything still running after this long in shutdown is abandoned (systemd's stop timeout is 90 s;
 /// a gateway that needs more than a few seconds to flush is stuck, not busy).
@@ -55,47 +57,6 @@ pub enum GatewayError {
     Metrics { addr: String, source: std::io::Error },
     #[error("cannot open the gateway's store")]
     Store(#[from] StoreError),
-}
-
-/// `/healthz` asks what the watchdog asks; a loopback round trip takes milliseconds, and this stays
-/// well inside the few seconds a probe (Kubernetes, Prometheus' blackbox) allows.
-const HEALTHZ_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The health verdict, shared by the watchdog and `/healthz`.
-#[derive(Clone)]
-struct Health {
-    broker: Arc<LocalBroker>,
-    /// Milliseconds since `epoch` when the publisher last completed a loop turn.
-    progress: Arc<AtomicU64>,
-    epoch: Instant,
-    publisher_done: Arc<AtomicBool>,
-}
-
-impl Health {
-    async fn check(&self, timeout: Duration) -> Result<(), String> {
-        if !self.broker.is_running() {
-            return Err("the broker's server task has ended".into());
-        }
-        self.broker.round_trip(timeout).await.map_err(|e| e.to_string())?;
-        let last = Duration::from_millis(self.progress.load(Ordering::Relaxed));
-        let idle = self.epoch.elapsed().saturating_sub(last);
-        if self.publisher_done.load(Ordering::Relaxed) {
-            return Err("the publisher has stopped".into());
-        }
-        if idle > PUBLISHER_HEARTBEAT * 5 {
-            return Err(format!("the publisher has made no progress for {idle:?}"));
-        }
-        Ok(())
-    }
-}
-
-/// Sets its flag when dropped.
-struct DoneOnDrop(Arc<AtomicBool>);
-
-impl Drop for DoneOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// A port task and what it was started with.
@@ -169,12 +130,7 @@ impl Gateway {
 
         let (tx, rx) = mpsc::channel(config.gateway.channel_capacity.get());
         let (maps, maps_rx) = watch::channel(Arc::new(config.maps.clone()));
-        let health = Health {
-            broker: broker.clone(),
-            progress: Arc::new(AtomicU64::new(0)),
-            epoch: Instant::now(),
-            publisher_done: Arc::new(AtomicBool::new(false)),
-        };
+        let health = Health::new(broker.clone());
         let publisher = {
             let loop_ = publish_loop(
                 rx,
@@ -186,7 +142,7 @@ impl Gateway {
                 durable.as_ref().map(|d| d.acceptor.clone()),
             );
             // Set however the loop ends, a panic included.
-            let done = DoneOnDrop(health.publisher_done.clone());
+            let done = health.publisher_guard();
             tokio::spawn(async move {
                 let _done = done;
                 loop_.await
@@ -208,12 +164,7 @@ impl Gateway {
                 store: durable.as_ref().map(|d| d.store.clone()),
                 bridge: durable.as_ref().and_then(|d| d.bridge.as_ref()).map(|b| b.status.clone()),
             };
-            let h = health.clone();
-            let check: crate::metrics::HealthCheck = Arc::new(move || {
-                let h = h.clone();
-                Box::pin(async move { h.check(HEALTHZ_TIMEOUT).await })
-            });
-            reporters.spawn(crate::metrics::serve(listener, sources, check, cancel.child_token()));
+            reporters.spawn(crate::metrics::serve(listener, sources, health.healthz(), cancel.child_token()));
         }
         // A few requests a second at most (each tap renews every few seconds); more are dropped.
         let (live_rx, _dropped) =

@@ -10,6 +10,7 @@
 mod conn;
 pub mod link;
 pub mod outbox;
+mod packets;
 pub mod settings;
 pub mod tls;
 pub mod writer;
