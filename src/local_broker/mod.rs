@@ -136,6 +136,9 @@ impl LocalBroker {
                     .allow_anonymous(l.allow_anonymous)
                     .max_packet_size(settings.front.max_packet_size as u32)
                     .max_mqueue_len(settings.max_queue_len.get())
+                    // The engine writes each message on its own: without this, Nagle holds a
+                    // message back on the loopback hop until the one before it is acknowledged.
+                    .nodelay(true)
                     .bind()?
                     .tcp()?;
                 let local = listener.local_addr()?;

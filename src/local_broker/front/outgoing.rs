@@ -118,7 +118,13 @@ pub(super) async fn engine_to_queue(
     }
 }
 
-pub(super) async fn queue_to_client(mut to: impl tokio::io::AsyncWrite + Unpin, queue: Arc<Outgoing>) {
+/// What `queue_to_client` gathers before a write: a batch of small publishes (the usual case, a few
+/// dozen bytes each) goes out in one send instead of one send per packet; a packet this big or
+/// bigger is written straight through.
+const WRITE_BUFFER: usize = 8 * 1024;
+
+pub(super) async fn queue_to_client(to: impl tokio::io::AsyncWrite + Unpin, queue: Arc<Outgoing>) {
+    let mut to = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, to);
     loop {
         // Read before draining: once FLUSH is seen, every packet the engine sent is in the queue.
         let state = queue.closed.load(Ordering::Acquire);
@@ -138,7 +144,7 @@ pub(super) async fn queue_to_client(mut to: impl tokio::io::AsyncWrite + Unpin, 
             queue.ready.notified().await;
             continue;
         }
-        // Flushed after each batch: a TLS stream may hold encrypted bytes back until it is.
+        // Flushed after each batch: the buffer, and a TLS stream that may hold encrypted bytes back.
         let write = async {
             for p in &batch {
                 to.write_all(p).await?;
