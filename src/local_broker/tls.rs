@@ -27,7 +27,7 @@ pub struct ListenerTls {
 #[derive(Debug, Clone)]
 pub struct ServerTls {
     pub settings: ListenerTls,
-    pub config: Arc<rustls23::ServerConfig>,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 /// Same files, same TLS (a reload cannot tell renewed file contents; a restart reads them again).
@@ -43,28 +43,28 @@ impl ListenerTls {
         let chain = read_certs(&self.cert, "cert", p);
         let key = read_key(&self.key, "key", p);
         // ring explicitly: rustls 0.23 would otherwise look for a process-wide default provider.
-        let provider = Arc::new(rustls23::crypto::ring::default_provider());
-        let builder =
-            match rustls23::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
-                Ok(b) => b,
-                Err(e) => {
-                    p.add("", format!("TLS setup failed: {e}"));
-                    return None;
-                }
-            };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = match rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+        {
+            Ok(b) => b,
+            Err(e) => {
+                p.add("", format!("TLS setup failed: {e}"));
+                return None;
+            }
+        };
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
             Some(path) => {
-                let mut roots = rustls23::RootCertStore::empty();
+                let mut roots = rustls::RootCertStore::empty();
                 for c in read_certs(path, "client_ca", p)? {
                     if let Err(e) = roots.add(c) {
                         p.add("client_ca", format!("{}: not a usable CA certificate: {e}", path.display()));
                         return None;
                     }
                 }
-                let verifier = rustls23::server::WebPkiClientVerifier::builder_with_provider(
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                     Arc::new(roots),
-                    Arc::new(rustls23::crypto::ring::default_provider()),
+                    Arc::new(rustls::crypto::ring::default_provider()),
                 );
                 match verifier.build() {
                     Ok(v) => builder.with_client_cert_verifier(v),

@@ -77,12 +77,12 @@ impl Conn {
     pub(super) async fn read(&mut self) -> Result<In, LinkError> {
         loop {
             let more = match self.protocol {
-                Protocol::V311 => match v4::read(&mut self.rbuf, MAX_PACKET) {
+                Protocol::V311 => match v4::Packet::read(&mut self.rbuf, MAX_PACKET) {
                     Ok(p) => return Ok(from_v4(p)),
                     Err(mqttbytes::Error::InsufficientBytes(_)) => true,
                     Err(e) => return Err(e.into()),
                 },
-                Protocol::V5 => match v5::Packet::read(&mut self.rbuf, Some(MAX_PACKET)) {
+                Protocol::V5 => match v5::Packet::read(&mut self.rbuf, Some(MAX_PACKET as u32)) {
                     Ok(p) => return Ok(from_v5(p)),
                     Err(m5::Error::InsufficientBytes(_)) => true,
                     Err(e) => return Err(e.into()),
@@ -168,7 +168,7 @@ pub(super) async fn connect(s: &UpstreamSettings) -> Result<(Conn, bool), LinkEr
             Some(cfg) => {
                 let name = rustls::pki_types::ServerName::try_from(s.host.clone())
                     .map_err(|e| LinkError::Tls(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-                let tls = rumqttc::tokio_rustls::TlsConnector::from(cfg.clone());
+                let tls = tokio_rustls::TlsConnector::from(cfg.clone());
                 Box::new(tls.connect(name, tcp).await.map_err(LinkError::Tls)?)
             }
         };

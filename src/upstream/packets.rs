@@ -196,6 +196,7 @@ pub(super) fn from_v5(p: v5::Packet) -> In {
         v5::Packet::Disconnect(d) => In::Disconnect { reason: Some(format!("{:?}", d.reason_code)) },
         v5::Packet::Connect(..) => In::Other("CONNECT"),
         v5::Packet::PingReq(_) => In::Other("PINGREQ"),
+        v5::Packet::Auth(_) => In::Other("AUTH"),
         v5::Packet::Subscribe(_) => In::Other("SUBSCRIBE"),
         v5::Packet::Unsubscribe(_) => In::Other("UNSUBSCRIBE"),
         v5::Packet::UnsubAck(_) => In::Other("UNSUBACK"),

@@ -55,15 +55,23 @@ fn client_config(raw: &TlsSettings, p: &mut Problems) -> Option<Arc<rustls::Clie
         }
         None => {
             // Unreadable entries in the system store are skipped, as OpenSSL does.
-            let (added, _) =
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().unwrap_or_default());
+            let (added, _) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             if added == 0 {
                 p.add("", "no system CA certificates found (install `ca-certificates`) and no `ca_file` given");
                 return None;
             }
         }
     }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    // ring named, not left to the process default: rmqtt's quinn puts rustls in the tree too, and a
+    // second provider enabled there would make the default ambiguous (a panic at the first connect).
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
+        Ok(b) => b.with_root_certificates(roots),
+        Err(e) => {
+            p.add("", format!("TLS set-up failed: {e}"));
+            return None;
+        }
+    };
     let config = match (&raw.client_cert, &raw.client_key) {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
