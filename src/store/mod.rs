@@ -68,6 +68,11 @@ const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 /// the gateway writes) before giving up; a commit takes milliseconds.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// SQLite's page cache for the queue, in KiB (SQLite's default is 2,000 KiB). The queue is written
+/// at its end and read and deleted from its start, so only a few pages are ever hot; the rest of the
+/// default cache would fill with pages that are never read again and stay in the process's memory.
+const PAGE_CACHE_KIB: i64 = 256;
+
 /// Oldest rows examined per step when making room; bounds the work one append can cause.
 const EVICT_STEP: usize = 512;
 
@@ -272,6 +277,8 @@ impl Store {
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", sync).map_err(err)?;
+        // Negative: a size in KiB rather than in pages.
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB).map_err(err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS queue (
                  id INTEGER PRIMARY KEY,
