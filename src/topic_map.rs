@@ -5,6 +5,7 @@
 //! not a surprise at 3 a.m. Values substituted into topics have `/`, `+` and `#` replaced by `_` so a
 //! reading can never create extra topic levels or wildcards.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -107,13 +108,15 @@ impl Template {
         from(&self.parts, topic)
     }
 
-    pub fn render(&self, lookup: impl Fn(&str) -> Option<String>) -> Option<String> {
-        let mut out = String::new();
+    pub fn render<V: AsRef<str>>(&self, lookup: impl Fn(&str) -> Option<V>) -> Option<String> {
+        // Sized for the usual topic at once: one allocation per rendered topic.
+        let mut out = String::with_capacity(64);
         for p in &self.parts {
             match p {
                 Part::Literal(l) => out.push_str(l),
                 Part::Placeholder(n) => {
                     let v = lookup(n)?;
+                    let v = v.as_ref();
                     // A value must not add levels or wildcards, and MQTT forbids NUL in a topic.
                     out.extend(v.chars().map(|c| if matches!(c, '/' | '+' | '#' | '\0') { '_' } else { c }));
                 }
@@ -172,16 +175,10 @@ impl TopicMap {
         if !self.selects(reading) {
             return 0;
         }
-        let time = reading.received.to_rfc3339_opts(SecondsFormat::Millis, true);
+        // Only JSON payloads carry the time; plain ones are not made to format it.
+        let time = || reading.received.to_rfc3339_opts(SecondsFormat::Millis, true);
         let ts = reading.received.timestamp_millis();
-        let lookup = |field: Option<&str>, name: &str| -> Option<String> {
-            match name {
-                "gateway" => Some(gateway.to_string()),
-                "port" => Some(reading.port.to_string()),
-                "field" => field.map(String::from),
-                other => reading.get(other).map(Value::to_plain),
-            }
-        };
+        let lookup = |field, name: &str| placeholder(gateway, reading, field, name);
         let mut unmapped = 0;
         match self.unit {
             PublishUnit::PerField => {
@@ -193,7 +190,7 @@ impl TopicMap {
                     let payload = match self.payload {
                         PayloadFormat::Plain => Bytes::from(value.to_plain()),
                         PayloadFormat::Json => {
-                            let doc = serde_json::json!({ "value": value.to_json(), "time": time, "ts": ts });
+                            let doc = serde_json::json!({ "value": value.to_json(), "time": time(), "ts": ts });
                             Bytes::from(doc.to_string())
                         }
                     };
@@ -208,13 +205,27 @@ impl TopicMap {
                 for (name, value) in reading.fields.iter().filter(|(n, _)| self.wanted(n)) {
                     doc.insert(name.to_string(), value.to_json());
                 }
-                doc.insert("time".into(), time.into());
+                doc.insert("time".into(), time().into());
                 doc.insert("ts".into(), ts.into());
                 let payload = Bytes::from(serde_json::Value::Object(doc).to_string());
                 out.push(OutMessage { topic, payload, qos: self.qos, retain: self.retain });
             }
         }
         unmapped
+    }
+}
+
+/// A placeholder's value for one message: borrowed where it is already text, so rendering a topic
+/// allocates only the topic.
+fn placeholder<'a>(gateway: &'a str, reading: &'a Reading, field: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
+    match name {
+        "gateway" => Some(Cow::Borrowed(gateway)),
+        "port" => Some(Cow::Borrowed(&*reading.port)),
+        "field" => field.map(Cow::Borrowed),
+        other => reading.get(other).map(|v| match v {
+            Value::Text(t) => Cow::Borrowed(t.as_str()),
+            v => Cow::Owned(v.to_plain()),
+        }),
     }
 }
 
