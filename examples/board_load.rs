@@ -13,11 +13,13 @@
 //! adds a cloud: a Mosquitto on a free port that the contender forwards `bench/#` to at QoS 1 (ser2mqtt
 //! through its upstream bridge and disk queue, the Python baseline through its Mosquitto's bridge).
 //!
+//! `--tcp` (ser2mqtt only) serves each sensor as a device server on a TCP port instead of a pty, and
+//! `--runner "CMD ARGS"` starts the binary through CMD: together, an ARM build under qemu-user.
+//!
 //! Usage: board_load ser2mqtt BIN | python SCRIPT MOSQUITTO | nodered RED_JS MOSQUITTO  [--ports N] [--hz N] [--secs N]
-//!        [--burst N] [--bridge MOSQUITTO]
+//!        [--burst N] [--bridge MOSQUITTO] [--tcp] [--runner "CMD ARGS"]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,7 +81,7 @@ fn wait_port(port: u16) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: board_load ser2mqtt BIN | python SCRIPT MOSQUITTO | nodered RED_JS MOSQUITTO [--ports N] [--hz N] [--secs N] [--burst N] [--bridge MOSQUITTO]";
+    let usage = "usage: board_load ser2mqtt BIN | python SCRIPT MOSQUITTO | nodered RED_JS MOSQUITTO [--ports N] [--hz N] [--secs N] [--burst N] [--bridge MOSQUITTO] [--tcp] [--runner \"CMD ARGS\"]";
     let opt = |name: &str, default: u64| {
         args.iter()
             .position(|a| a == name)
@@ -90,15 +92,28 @@ async fn main() {
     let (ports, hz, secs) = (opt("--ports", 16) as usize, opt("--hz", 100), opt("--secs", 20));
     let burst = opt("--burst", 0);
     let bridge = args.iter().position(|a| a == "--bridge").and_then(|i| args.get(i + 1)).cloned();
+    let tcp = args.iter().any(|a| a == "--tcp");
+    let runner: Vec<String> = args
+        .iter()
+        .position(|a| a == "--runner")
+        .and_then(|i| args.get(i + 1))
+        .map(|r| r.split_whitespace().map(String::from).collect())
+        .unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let mut masters = Vec::new();
     let mut slaves = Vec::new();
     let mut devices = Vec::new();
     for _ in 0..ports {
-        let (master, slave) = SerialStream::pair().expect("pty pair");
-        devices.push(PathBuf::from(slave.name().unwrap()));
-        masters.push(master);
-        slaves.push(slave);
+        if tcp {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            devices.push(format!("tcp://{}", listener.local_addr().unwrap()));
+            masters.push(Sensor::Tcp(listener));
+        } else {
+            let (master, slave) = SerialStream::pair().expect("pty pair");
+            devices.push(slave.name().unwrap());
+            masters.push(Sensor::Pty(master));
+            slaves.push(slave);
+        }
     }
     let port = free_port();
     let mut children = Vec::new();
@@ -118,6 +133,8 @@ async fn main() {
     match args.first().map(String::as_str) {
         Some("ser2mqtt") => {
             let bin = args.get(1).expect(usage);
+            let mut command = Command::new(runner.first().unwrap_or(bin));
+            command.args(runner.iter().skip(1)).args((!runner.is_empty()).then_some(bin));
             let mut yaml = format!("broker: {{ listeners: [{{ bind: \"127.0.0.1:{port}\" }}] }}\n");
             if bridge.is_some() {
                 yaml += &format!(
@@ -129,7 +146,7 @@ async fn main() {
             for (i, d) in devices.iter().enumerate() {
                 yaml += &format!(
                     "  - {{ name: p{i}, device: {}, baud_rate: 115200, framing: {{ type: lines, delimiter: \"\\r\\n\" }}, decoder: {{ type: key_value, keys: [temp, hum] }} }}\n",
-                    d.display()
+                    d
                 );
             }
             yaml += "maps:\n";
@@ -251,8 +268,9 @@ async fn main() {
         const IDLE: Duration = Duration::from_secs(5);
         let expected = ports as u64 * burst * 2;
         let (before, t0) = (cpu(&pids), Instant::now());
-        for (i, mut m) in masters.into_iter().enumerate() {
+        for (i, m) in masters.into_iter().enumerate() {
             tokio::spawn(async move {
+                let mut m = m.open().await;
                 let mut lines = String::new();
                 for n in 1..=burst {
                     lines += &format!("temp={}.{},hum={n}\r\n", 20 + (n % 10), i % 10);
@@ -322,7 +340,7 @@ async fn main() {
 /// The Node-RED baseline's flow, as a user would wire it: per port a `serial in` node (line split at
 /// `\n`), a function node that turns `temp=…,hum=…` into one message per field, and one `mqtt out`
 /// node (QoS 0) to the Mosquitto broker.
-fn node_red_flow(devices: &[PathBuf], port: u16) -> serde_json::Value {
+fn node_red_flow(devices: &[String], port: u16) -> serde_json::Value {
     let mut nodes = vec![
         serde_json::json!({ "id": "tab", "type": "tab", "label": "bench" }),
         serde_json::json!({ "id": "broker", "type": "mqtt-broker", "broker": "127.0.0.1", "port": port.to_string(),
@@ -345,12 +363,33 @@ fn node_red_flow(devices: &[PathBuf], port: u16) -> serde_json::Value {
     serde_json::Value::Array(nodes)
 }
 
+/// Where a sensor writes: the master side of a pty, or (`--tcp`, for qemu, which cannot emulate the
+/// serial ioctls) a device server's TCP socket that the gateway connects to as `tcp://`.
+enum Sensor {
+    Pty(SerialStream),
+    Tcp(tokio::net::TcpListener),
+}
+
+impl Sensor {
+    async fn open(self) -> Box<dyn tokio::io::AsyncWrite + Unpin + Send> {
+        match self {
+            Sensor::Pty(m) => Box::new(m),
+            Sensor::Tcp(l) => {
+                let (socket, _) = l.accept().await.unwrap();
+                let _ = socket.set_nodelay(true);
+                Box::new(socket)
+            }
+        }
+    }
+}
+
 /// One line per port every 1/hz, paced from a common start; each write's time noted for the latency.
-fn paced_sensors(masters: Vec<SerialStream>, hz: u64, written: Arc<Mutex<HashMap<(usize, u64), Instant>>>) {
+fn paced_sensors(masters: Vec<Sensor>, hz: u64, written: Arc<Mutex<HashMap<(usize, u64), Instant>>>) {
     let period = Duration::from_nanos(1_000_000_000 / hz);
-    for (i, mut m) in masters.into_iter().enumerate() {
+    for (i, m) in masters.into_iter().enumerate() {
         let written = written.clone();
         tokio::spawn(async move {
+            let mut m = m.open().await;
             let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n = 0u64;
