@@ -155,7 +155,7 @@ async fn main() {
             }
             let conf = dir.path().join("gw.yaml");
             std::fs::write(&conf, yaml).unwrap();
-            let c = Command::new(bin)
+            let c = command
                 .args(["run", "--config"])
                 .arg(&conf)
                 .env("RUST_LOG", "error")
