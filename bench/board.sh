@@ -22,7 +22,10 @@ cd "$(dirname "$0")/.."
 runs=${1:-3}; ports=${2:-16}; hz=${3:-100}; secs=${4:-15}
 mosq=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 python3 -c 'import serial, paho.mqtt' 2>/dev/null || { echo "needs: pip install pyserial paho-mqtt" >&2; exit 2; }
-cargo build --release --locked -q --bin ser2mqtt --example board_load
+# Two builds, not one: built together with an example, the gateway would get the dev-dependencies'
+# features too (tokio's test-util, rumqttc's websocket) and not be the binary that ships.
+cargo build --release --locked -q --example board_load
+cargo build --release --locked -q --bin ser2mqtt
 load=./target/release/examples/board_load
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
