@@ -70,6 +70,11 @@ fn sample(pid: u32) -> (u64, u64, u64, u64) {
     (ns, kib("VmRSS:"), kib("VmHWM:"), kib("RssAnon:"))
 }
 
+/// (RSS, anonymous RSS) in KiB, summed over the processes, each read once.
+fn memory(pids: &[u32]) -> (u64, u64) {
+    pids.iter().map(|p| sample(*p)).fold((0, 0), |(r, a), s| (r + s.1, a + s.3))
+}
+
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -284,8 +289,8 @@ async fn main() {
         let mut last = (0, Instant::now());
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            rss_max = rss_max.max(pids.iter().map(|p| sample(*p).1).sum());
-            anon_max = anon_max.max(pids.iter().map(|p| sample(*p).3).sum());
+            let (rss, anon) = memory(&pids);
+            (rss_max, anon_max) = (rss_max.max(rss), anon_max.max(anon));
             let n = received.load(Ordering::Relaxed);
             if n >= expected || (n == last.0 && last.1.elapsed() > IDLE) {
                 break;
@@ -304,8 +309,8 @@ async fn main() {
         let (mut rss_max, mut anon_max) = (0, 0);
         while t0.elapsed() < Duration::from_secs(secs) {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            rss_max = rss_max.max(pids.iter().map(|p| sample(*p).1).sum());
-            anon_max = anon_max.max(pids.iter().map(|p| sample(*p).3).sum());
+            let (rss, anon) = memory(&pids);
+            (rss_max, anon_max) = (rss_max.max(rss), anon_max.max(anon));
         }
         let elapsed = t0.elapsed().as_secs_f64();
         measuring.store(false, Ordering::Relaxed);

@@ -1,11 +1,20 @@
 //! PEM certificate and key files named in TLS settings, read when the config is checked: a missing,
-//! unreadable or wrong file is a problem at its key, not a handshake failure at 3 a.m.
+//! unreadable or wrong file is a problem at its key, not a handshake failure at 3 a.m. Also the one
+//! crypto provider both TLS ends (the upstream link, the broker's listeners) are built with.
 
 use std::path::Path;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::settings::Problems;
+
+/// ring, named where each TLS config is built rather than left to rustls's process-wide default:
+/// rmqtt's quinn puts rustls in the tree too, and a second provider enabled there would make the
+/// default ambiguous (a panic at the first handshake). ring is C and assembly that Debian's cross gcc
+/// builds; aws-lc-rs would need cmake and a C toolchain per target.
+pub fn crypto() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
 
 pub fn read_file(path: &Path, key: &str, p: &mut Problems) -> Option<Vec<u8>> {
     match std::fs::read(path) {

@@ -42,9 +42,8 @@ impl ListenerTls {
     pub fn server_config(&self, p: &mut Problems) -> Option<ServerTls> {
         let chain = read_certs(&self.cert, "cert", p);
         let key = read_key(&self.key, "key", p);
-        // ring explicitly: rustls 0.23 would otherwise look for a process-wide default provider.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = match rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+        let builder = match rustls::ServerConfig::builder_with_provider(crate::pem::crypto())
+            .with_safe_default_protocol_versions()
         {
             Ok(b) => b,
             Err(e) => {
@@ -62,10 +61,8 @@ impl ListenerTls {
                         return None;
                     }
                 }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    Arc::new(rustls::crypto::ring::default_provider()),
-                );
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), crate::pem::crypto());
                 match verifier.build() {
                     Ok(v) => builder.with_client_cert_verifier(v),
                     Err(e) => {

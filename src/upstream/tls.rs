@@ -62,16 +62,14 @@ fn client_config(raw: &TlsSettings, p: &mut Problems) -> Option<Arc<rustls::Clie
             }
         }
     }
-    // ring named, not left to the process default: rmqtt's quinn puts rustls in the tree too, and a
-    // second provider enabled there would make the default ambiguous (a panic at the first connect).
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
-        Ok(b) => b.with_root_certificates(roots),
-        Err(e) => {
-            p.add("", format!("TLS set-up failed: {e}"));
-            return None;
-        }
-    };
+    let builder =
+        match rustls::ClientConfig::builder_with_provider(crate::pem::crypto()).with_safe_default_protocol_versions() {
+            Ok(b) => b.with_root_certificates(roots),
+            Err(e) => {
+                p.add("", format!("TLS setup failed: {e}"));
+                return None;
+            }
+        };
     let config = match (&raw.client_cert, &raw.client_key) {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert), Some(key)) => {
