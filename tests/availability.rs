@@ -1,6 +1,7 @@
 //! Port availability as a subscriber sees it (retained `online`/`offline`), reopening after the device
 //! goes away, and a device that is missing when the gateway starts.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,12 +29,20 @@ maps:
     )
 }
 
-/// Open file descriptors of this process that point at `path`.
-fn fds_on(path: &Path) -> usize {
+/// Which pty a slave path names now: its device number and the time devpts created its inode. The
+/// path alone is not enough: tests run in parallel in this process, and the kernel hands a freed pts
+/// number to the next test's pty at once, under the same path and device number.
+fn pty_identity(path: &Path) -> (u64, i64, i64) {
+    let m = std::fs::metadata(path).expect("stat the pty slave");
+    (m.rdev(), m.ctime(), m.ctime_nsec())
+}
+
+/// Open file descriptors of this process on the pty that `identity` names.
+fn fds_on(identity: (u64, i64, i64)) -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target == path)
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .filter(|m| (m.rdev(), m.ctime(), m.ctime_nsec()) == identity)
         .count()
 }
 
@@ -52,10 +61,11 @@ async fn offline_when_the_pty_closes_and_online_again_when_it_returns() {
     assert_eq!(sub.next_on("x/").await.payload, "1");
 
     // Unplug: both ends of the pty go away.
-    let first_path = first.path.clone();
+    let first_pty = pty_identity(&first.path);
+    assert!(fds_on(first_pty) >= 2, "the gateway and the test's slave end both hold the first pty");
     drop(first);
     assert_eq!(sub.next_on("gw/t/availability").await.payload, "offline");
-    wait_for("the gateway closed its fd on the lost device", || fds_on(&first_path) == 0).await;
+    wait_for("the gateway closed its fd on the lost device", || fds_on(first_pty) == 0).await;
 
     // Plug back in: the stable link now points at a new pty, as udev would re-point /dev/serial/by-id.
     let mut second = pty();
