@@ -15,7 +15,7 @@ use ser2mqtt::config::{self, BrokerSettings, Config};
 use ser2mqtt::gateway::Gateway;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tokio_serial::{SerialPort, SerialStream};
+use tokio_serial::SerialStream;
 
 /// How long a test waits for something that should happen within milliseconds; generous because CI
 /// machines are slow and a timeout here only decides how long a failing test takes to fail.
@@ -24,22 +24,33 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A pty pair: the test writes sensor bytes into `master`; the gateway opens `path` (the slave).
 pub struct Pty {
     pub master: SerialStream,
-    /// Held open so the pty lives even while the gateway has it closed.
-    pub slave: SerialStream,
+    /// Held open so the pty lives even while the gateway has it closed; never read, and without the
+    /// flock and TIOCEXCL a SerialStream would take, which would keep the gateway out.
+    pub slave: std::os::fd::OwnedFd,
     pub path: PathBuf,
 }
 
 pub fn pty() -> Pty {
-    let (master, slave) = SerialStream::pair().expect("pty pair");
-    // serialport opens both ends without O_CLOEXEC: a gateway or Mosquitto that any test starts
-    // meanwhile would inherit them, and dropping this pair would then not hang the pty up.
-    for end in [&master, &slave] {
-        use std::os::fd::{AsRawFd, BorrowedFd};
-        // SAFETY: the fd belongs to `end`, which outlives this borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(end.as_raw_fd()) };
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).expect("set FD_CLOEXEC");
-    }
-    let path = PathBuf::from(slave.name().expect("pty slave name"));
+    use nix::fcntl::OFlag;
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    // Both ends close-on-exec from the moment they exist: tests run in parallel threads, and a gateway,
+    // socat or Mosquitto that another test forks in between would inherit them and keep the pty up
+    // after this test drops it. (SerialStream::pair opens them without, and setting the flag after
+    // leaves that window open.)
+    let cloexec = OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let master = nix::pty::posix_openpt(cloexec).expect("posix_openpt");
+    nix::pty::grantpt(&master).expect("grantpt");
+    nix::pty::unlockpt(&master).expect("unlockpt");
+    let path = PathBuf::from(nix::pty::ptsname_r(&master).expect("ptsname"));
+    let slave = nix::fcntl::open(&path, cloexec, nix::sys::stat::Mode::empty()).expect("open the pty slave");
+    // Raw, as a serial line is, until the gateway sets its own: no echo back to the device and no
+    // newline translation for bytes written before the gateway opens the port.
+    let mut raw = nix::sys::termios::tcgetattr(&slave).expect("tcgetattr");
+    nix::sys::termios::cfmakeraw(&mut raw);
+    nix::sys::termios::tcsetattr(&slave, nix::sys::termios::SetArg::TCSANOW, &raw).expect("tcsetattr");
+    // SAFETY: the fd is the open master end, owned here and handed over to the port.
+    let port = unsafe { serialport::TTYPort::from_raw_fd(std::os::fd::OwnedFd::from(master).into_raw_fd()) };
+    let master = SerialStream::try_from(port).expect("the master end as a SerialStream");
     Pty { master, slave, path }
 }
 
