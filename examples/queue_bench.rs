@@ -57,12 +57,21 @@ async fn main() {
     let up = Arc::new(config.upstream.unwrap());
     let store = Arc::new(Store::open(&up.queue.path, Some(up.queue.clone())).unwrap());
     let committed = Arc::new(tokio::sync::Notify::new());
-    let (acceptor, writer) = start_writer(store.clone(), Some(up.clone()), up.queue.commit_interval, committed.clone());
+    let (acceptor, writer) =
+        start_writer(store.clone(), Some(up.clone()), up.queue.commit_interval, committed.clone(), &Default::default());
 
     if let Some(rate) = rate {
         let broker =
             Arc::new(LocalBroker::start(&BrokerSettings::local_only("127.0.0.1:0".parse().unwrap())).await.unwrap());
-        let bridge = Bridge::start(up.clone(), store.clone(), acceptor.clone(), committed, broker, Default::default());
+        let bridge = Bridge::start(
+            up.clone(),
+            store.clone(),
+            acceptor.clone(),
+            committed,
+            broker,
+            Default::default(),
+            &Default::default(),
+        );
         let mut st = bridge.status.clone();
         while !st.borrow_and_update().connected {
             st.changed().await.unwrap();
@@ -103,8 +112,15 @@ async fn main() {
     let broker =
         Arc::new(LocalBroker::start(&BrokerSettings::local_only("127.0.0.1:0".parse().unwrap())).await.unwrap());
     let t = Instant::now();
-    let bridge =
-        Bridge::start(up as Arc<UpstreamSettings>, store.clone(), bridge_writer, committed, broker, Default::default());
+    let bridge = Bridge::start(
+        up as Arc<UpstreamSettings>,
+        store.clone(),
+        bridge_writer,
+        committed,
+        broker,
+        Default::default(),
+        &Default::default(),
+    );
     // The bridge deletes acknowledged messages in batches every 50 ms; poll the store at that pace.
     while store.status().depth > 0 {
         tokio::time::sleep(Duration::from_millis(20)).await;

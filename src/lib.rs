@@ -9,7 +9,7 @@
 //! `config` turns the YAML file into validated settings (every problem at once, with its position);
 //! `gateway` owns the task tree, reloads and orderly shutdown; `supervisor` the daemon's lifecycle
 //! (systemd notify and watchdog, SIGHUP); `demo` and `simulate` provide sensors for
-//! people without hardware; `logging` sets up tracing; `advice` turns OS errors on paths into fixes. `main.rs` only parses the command line.
+//! people without hardware; `logging` sets up tracing; `advice` turns OS errors on paths into fixes; `tasks` spawns our long-lived tasks so a panic in one fails the health check. `main.rs` only parses the command line.
 
 pub mod advice;
 pub mod bytes;
@@ -32,6 +32,7 @@ pub mod settings;
 pub mod simulate;
 pub mod store;
 pub mod supervisor;
+pub mod tasks;
 pub mod topic_map;
 pub mod transform;
 pub mod upstream;

@@ -13,6 +13,7 @@ use super::GatewayError;
 use crate::config::Config;
 use crate::local_broker::LocalBroker;
 use crate::store::Store;
+use crate::tasks::Panics;
 use crate::topic_map::OutMessage;
 use crate::upstream::{start_writer, Acceptor, Bridge};
 
@@ -50,6 +51,7 @@ pub(super) async fn open_durable(
     path: PathBuf,
     broker: &Arc<LocalBroker>,
     cancel: &CancellationToken,
+    panics: &Panics,
 ) -> Result<Durable, GatewayError> {
     let limits = config.upstream.as_ref().map(|u| u.queue.clone());
     let store =
@@ -72,7 +74,7 @@ pub(super) async fn open_durable(
     let upstream = config.upstream.clone().map(Arc::new);
     let committed = Arc::new(tokio::sync::Notify::new());
     let interval = upstream.as_ref().map(|u| u.queue.commit_interval).unwrap_or(Duration::from_millis(100));
-    let (acceptor, writer) = start_writer(store.clone(), upstream.clone(), interval, committed.clone());
+    let (acceptor, writer) = start_writer(store.clone(), upstream.clone(), interval, committed.clone(), panics);
     for r in &orphaned {
         tracing::info!(topic = %r.topic, "retained value of a topic no map produces any more: cleared, not republished");
         // An empty retained message: deletes the kept value, and clears the cloud's copy too when a
@@ -89,7 +91,7 @@ pub(super) async fn open_durable(
             let a = acceptor.clone();
             let stop = cancel.child_token();
             let stopped = stop.clone();
-            let task = tokio::spawn(async move {
+            let task = panics.spawn("the clients' upstream tap", async move {
                 loop {
                     tokio::select! {
                         m = rx.recv() => match m {
@@ -108,7 +110,8 @@ pub(super) async fn open_durable(
             tap = Some((task, stop));
         }
     }
-    let bridge = upstream
-        .map(|u| Bridge::start(u, store.clone(), acceptor.clone(), committed, broker.clone(), cancel.child_token()));
+    let bridge = upstream.map(|u| {
+        Bridge::start(u, store.clone(), acceptor.clone(), committed, broker.clone(), cancel.child_token(), panics)
+    });
     Ok(Durable { store, acceptor, writer, bridge, tap })
 }

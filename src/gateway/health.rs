@@ -1,5 +1,6 @@
 //! The gateway's health verdict, shared by the systemd watchdog and `/healthz`: a message's round
-//! trip through the broker to a real client, and a publisher that is alive and making progress.
+//! trip through the broker to a real client, a publisher that is alive and making progress, and none
+//! of our tasks ended in a panic.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use tokio::time::Instant;
 
 use super::publish::PUBLISHER_HEARTBEAT;
 use crate::local_broker::LocalBroker;
+use crate::tasks::Panics;
 
 /// `/healthz` asks what the watchdog asks; a loopback round trip takes milliseconds, and this stays
 /// well inside the few seconds a probe (Kubernetes, Prometheus' blackbox) allows.
@@ -22,15 +24,18 @@ pub(super) struct Health {
     pub(super) progress: Arc<AtomicU64>,
     pub(super) epoch: Instant,
     publisher_done: Arc<AtomicBool>,
+    /// Our tasks that panicked; any makes the verdict unhealthy.
+    pub(super) panics: Panics,
 }
 
 impl Health {
-    pub(super) fn new(broker: Arc<LocalBroker>) -> Health {
+    pub(super) fn new(broker: Arc<LocalBroker>, panics: Panics) -> Health {
         Health {
             broker,
             progress: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
             publisher_done: Arc::new(AtomicBool::new(false)),
+            panics,
         }
     }
 
@@ -49,6 +54,9 @@ impl Health {
     }
 
     pub(super) async fn check(&self, timeout: Duration) -> Result<(), String> {
+        if let Some(task) = self.panics.first() {
+            return Err(format!("a task panicked ({task})"));
+        }
         if !self.broker.is_running() {
             return Err("the broker's server task has ended".into());
         }

@@ -32,6 +32,7 @@ use crate::local_broker::{BrokerError, LocalBroker};
 use crate::serial::port::PortEvent;
 use crate::serial::{run_port, PortStats};
 use crate::store::StoreError;
+use crate::tasks::Panics;
 use crate::topic_map::TopicMap;
 use crate::upstream::BridgeStatus;
 use durable::{open_durable, Durable};
@@ -123,14 +124,15 @@ impl Gateway {
         }
         broker.publish(&status(&config, true)).await?;
         let cancel = CancellationToken::new();
+        let panics = Panics::default();
         let durable = match config.store_path() {
-            Some(path) => Some(open_durable(&config, path, &broker, &cancel).await?),
+            Some(path) => Some(open_durable(&config, path, &broker, &cancel, &panics).await?),
             None => None,
         };
 
         let (tx, rx) = mpsc::channel(config.gateway.channel_capacity.get());
         let (maps, maps_rx) = watch::channel(Arc::new(config.maps.clone()));
-        let health = Health::new(broker.clone());
+        let health = Health::new(broker.clone(), panics.clone());
         let publisher = {
             let loop_ = publish_loop(
                 rx,
@@ -179,7 +181,8 @@ impl Gateway {
         let (command_rx, _dropped) =
             broker.tap_publishes(vec![config.gateway.command_filter.clone()], 4 * QUEUE_PER_PORT).await;
         let stop = cancel.child_token();
-        let dispatcher = (tokio::spawn(commands.clone().run(command_rx, tx.clone(), stop.clone())), stop);
+        let dispatcher =
+            (panics.spawn("the command dispatcher", commands.clone().run(command_rx, tx.clone(), stop.clone())), stop);
         let mut gw = Gateway {
             config: config.clone(),
             broker,
@@ -210,8 +213,10 @@ impl Gateway {
         let cancel = self.cancel.child_token();
         let (requests, requests_rx) = mpsc::channel(QUEUE_PER_PORT);
         self.commands.set_port(&settings.name, &settings.commands, &requests);
-        let task =
-            tokio::spawn(run_port(settings.clone(), self.tx.clone(), stats.clone(), cancel.clone(), requests_rx));
+        let task = self.health.panics.spawn(
+            format!("port {}", settings.name),
+            run_port(settings.clone(), self.tx.clone(), stats.clone(), cancel.clone(), requests_rx),
+        );
         self.ports.insert(settings.name.clone(), RunningPort { settings, stats, cancel, task });
     }
 

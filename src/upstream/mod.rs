@@ -62,6 +62,7 @@ impl Bridge {
         committed: Arc<Notify>,
         broker: Arc<LocalBroker>,
         cancel: CancellationToken,
+        panics: &crate::tasks::Panics,
     ) -> Bridge {
         let initial = BridgeStatus {
             broker: format!("{}:{}", settings.host, settings.port),
@@ -80,7 +81,7 @@ impl Bridge {
             cancel: cancel.clone(),
             refusals,
         };
-        let task = tokio::spawn(link.run());
+        let task = panics.spawn("the upstream link", link.run());
         Bridge { status, task, cancel }
     }
 

@@ -117,10 +117,11 @@ pub fn start_writer(
     upstream: Option<Arc<UpstreamSettings>>,
     commit_interval: Duration,
     committed: Arc<Notify>,
+    panics: &crate::tasks::Panics,
 ) -> (Acceptor, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(ACCEPT_CAPACITY);
     let max_age = upstream.as_ref().map(|u| u.queue.max_age);
-    let task = tokio::spawn(write_loop(store, rx, commit_interval, committed, max_age));
+    let task = panics.spawn("the queue writer", write_loop(store, rx, commit_interval, committed, max_age));
     (Acceptor { tx, upstream }, task)
 }
 
