@@ -9,5 +9,6 @@ pub mod probe;
 pub mod reader;
 pub mod request;
 pub mod rs485;
+pub mod stream;
 
 pub use port::{run_port, PortStats};

@@ -15,7 +15,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_serial::SerialPortBuilderExt;
 use tokio_util::sync::CancellationToken;
 
 use super::checksum::Checksum;
@@ -210,10 +209,7 @@ pub async fn run_port(
                 let result = match (device, &port.modbus) {
                     (Opened::Serial(s), Some(m)) => crate::modbus::poll_bus(s, &port, &m.plan, &m.settings, io).await,
                     (Opened::Tcp(t), Some(m)) => crate::modbus::poll_bus(t, &port, &m.plan, &m.settings, io).await,
-                    (Opened::Serial(s), None) => {
-                        let (r, w) = tokio::io::split(s);
-                        read_frames(r, w, &port, io).await
-                    }
+                    (Opened::Serial(s), None) => read_frames(&s, &s, &port, io).await,
                     (Opened::Tcp(t), None) => {
                         let (r, w) = t.into_split();
                         read_frames(r, w, &port, io).await
@@ -313,7 +309,7 @@ impl std::fmt::Display for Device {
 
 /// An opened byte source.
 enum Opened {
-    Serial(tokio_serial::SerialStream),
+    Serial(super::stream::Serial),
     Tcp(tokio::net::TcpStream),
 }
 
@@ -344,8 +340,8 @@ async fn open(port: &PortSettings) -> Result<Opened, std::io::Error> {
     }
 }
 
-fn open_serial(path: &std::path::Path, port: &PortSettings) -> Result<tokio_serial::SerialStream, tokio_serial::Error> {
-    tokio_serial::new(path.to_string_lossy(), port.baud_rate)
+fn open_serial(path: &std::path::Path, port: &PortSettings) -> Result<super::stream::Serial, tokio_serial::Error> {
+    let builder = tokio_serial::new(path.to_string_lossy(), port.baud_rate)
         .data_bits(port.data_bits)
         .parity(match port.parity {
             Parity::None => tokio_serial::Parity::None,
@@ -359,8 +355,8 @@ fn open_serial(path: &std::path::Path, port: &PortSettings) -> Result<tokio_seri
             FlowControl::Hardware => tokio_serial::FlowControl::Hardware,
         })
         // Exclusive (TIOCEXCL + flock): a second reader would steal bytes and garble both.
-        .exclusive(true)
-        .open_native_async()
+        .exclusive(true);
+    super::stream::Serial::open(&builder)
 }
 
 #[cfg(test)]
