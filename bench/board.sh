@@ -10,10 +10,11 @@
 #
 # Loads: the board load (PORTS x HZ), the same with the bridge to a cloud Mosquitto (QoS 1), a paced
 # 4 x 2,000 lines/s load (16,000 readings/s), bursts of 5,000 lines per port on 1, 4 and 16 ports, and
-# the latency at 1,000 readings/s (1 port x 500 lines/s). Start-up (spawn to first reading at the
+# the latency at 1,000 readings/s (1 port x 500 lines/s), beside its floor on this machine (no gateway:
+# `mosquitto_pub -l` reading the pty, publishing each line into Mosquitto). Start-up (spawn to first reading at the
 # subscriber) is read off the board load runs.
 #
-# Needs: mosquitto, python3 with pyserial and paho-mqtt (pip install pyserial paho-mqtt); for the
+# Needs: mosquitto and mosquitto_pub, python3 with pyserial and paho-mqtt (pip install pyserial paho-mqtt); for the
 # Node-RED column: NODE_RED=path/to/node_modules/node-red/red.js (npm install node-red@4
 # node-red-node-serialport@2 in a directory of its own; Node-RED 5 needs Node >= 22.9).
 # Usage: bench/board.sh [RUNS] [PORTS] [HZ] [SECS]   (defaults: 3 16 100 15)
@@ -48,6 +49,8 @@ for r in $(seq "$runs"); do
     run paced4 --ports 4 --hz 2000 --secs "$secs"
     for p in 1 4 16; do run "burst$p" --ports "$p" --burst 5000; done
     run latency --ports 1 --hz 500 --secs "$secs"
+    # The latency floor: no gateway, a C client publishing each whole line into Mosquitto.
+    $load floor "$mosq" --ports 1 --hz 500 --secs "$secs" | sed "s/^/latency /" | tee -a "$out"
 done
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]; else print "-"}'; }
@@ -78,5 +81,7 @@ table board "$ports ports × $hz lines/s × 2 fields, $secs s window" $cost star
 table bridge "the same with the bridge to a cloud Mosquitto at QoS 1" $cost
 table paced4 "4 ports × 2,000 lines/s × 2 fields (16,000 readings/s offered)" $cost
 for p in 1 4 16; do table "burst$p" "$p port(s), a burst of 5,000 lines each, as fast as the ptys take them" $cost; done
+# The floor's column only here: it publishes lines, not fields, so its other figures compare nothing.
+contenders+=(floor)
 table latency "latency, line written → field at the subscriber, 1 port × 500 lines/s (1,000 readings/s)" \
     latency_p50_us latency_p99_us latency_p999_us latency_max_us

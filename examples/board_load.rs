@@ -13,10 +13,16 @@
 //! adds a cloud: a Mosquitto on a free port that the contender forwards `bench/#` to at QoS 1 (ser2mqtt
 //! through its upstream bridge and disk queue, the Python baseline through its Mosquitto's bridge).
 //!
+//! `floor MOSQUITTO` is no gateway but the least a line can go through on this machine: per port a
+//! `mosquitto_pub -l` (C) reading the pty in raw mode and publishing each whole line as it comes to
+//! `bench/p{i}/hum` on a Mosquitto. One message per line, not one per field: its `delivered` is 0.5
+//! and its CPU per reading is per message; what it gives is the latency floor of the VM, the harness
+//! and a C client and broker, against which the gateways' latencies are read.
+//!
 //! `--tcp` (ser2mqtt only) serves each sensor as a device server on a TCP port instead of a pty, and
 //! `--runner "CMD ARGS"` starts the binary through CMD: together, an ARM build under qemu-user.
 //!
-//! Usage: board_load ser2mqtt BIN | python SCRIPT MOSQUITTO | nodered RED_JS MOSQUITTO  [--ports N] [--hz N] [--secs N]
+//! Usage: board_load ser2mqtt BIN | python SCRIPT MOSQUITTO | nodered RED_JS MOSQUITTO | floor MOSQUITTO  [--ports N] [--hz N] [--secs N]
 //!        [--burst N] [--bridge MOSQUITTO] [--tcp] [--runner "CMD ARGS"]
 
 use std::collections::HashMap;
@@ -86,7 +92,7 @@ fn wait_port(port: u16) {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: board_load ser2mqtt BIN | python SCRIPT MOSQUITTO | nodered RED_JS MOSQUITTO [--ports N] [--hz N] [--secs N] [--burst N] [--bridge MOSQUITTO] [--tcp] [--runner \"CMD ARGS\"]";
+    let usage = "usage: board_load ser2mqtt BIN | python SCRIPT MOSQUITTO | nodered RED_JS MOSQUITTO | floor MOSQUITTO [--ports N] [--hz N] [--secs N] [--burst N] [--bridge MOSQUITTO] [--tcp] [--runner \"CMD ARGS\"]";
     let opt = |name: &str, default: u64| {
         args.iter()
             .position(|a| a == name)
@@ -169,6 +175,29 @@ async fn main() {
                 .unwrap();
             children.push(Child(c));
         }
+        Some("floor") => {
+            let mosquitto = args.get(1).expect(usage);
+            let conf = dir.path().join("m.conf");
+            std::fs::write(&conf, format!("persistence false\nlistener {port} 127.0.0.1\nallow_anonymous true\n"))
+                .unwrap();
+            children.push(Child(
+                Command::new(mosquitto)
+                    .arg("-c")
+                    .arg(&conf)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            ));
+            wait_port(port);
+            for (i, d) in devices.iter().enumerate() {
+                // Raw, as a serial program sets its port: no echo, no CR to LF, reads return what is there.
+                let relay = format!(
+                    "stty raw -echo < {d} && exec mosquitto_pub -h 127.0.0.1 -p {port} -l -t bench/p{i}/hum < {d}"
+                );
+                children.push(Child(Command::new("sh").arg("-c").arg(relay).spawn().unwrap()));
+            }
+        }
         Some(baseline @ ("python" | "nodered")) => {
             let (gateway, mosquitto) = (args.get(1).expect(usage), args.get(2).expect(usage));
             let conf = dir.path().join("m.conf");
@@ -242,11 +271,14 @@ async fn main() {
                         a.0.get_or_insert(now);
                         a.1 = Some(now);
                     }
-                    // bench/p{i}/hum carries the line's sequence number.
+                    // bench/p{i}/hum carries the line's sequence number (the floor's, the whole line).
                     let mut levels = p.topic.split('/');
                     if let (Some(port), Some("hum")) = (levels.nth(1), levels.next()) {
                         let port = port.trim_start_matches('p').parse::<usize>().ok();
-                        let seq = std::str::from_utf8(&p.payload).ok().and_then(|s| s.trim().parse::<u64>().ok());
+                        let seq = std::str::from_utf8(&p.payload)
+                            .ok()
+                            .and_then(|s| s.rsplit("hum=").next())
+                            .and_then(|s| s.trim().parse::<u64>().ok());
                         if let (Some(port), Some(seq)) = (port, seq) {
                             let sent = w.lock().unwrap().remove(&(port, seq));
                             if let (Some(sent), true) = (sent, m.load(Ordering::Relaxed)) {
