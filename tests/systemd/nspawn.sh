@@ -179,7 +179,7 @@ in_ct systemctl reload ser2mqtt || fail "reload of a good config failed"
 echo "== stop: offline published"
 in_ct timeout 15 mosquitto_sub -h 127.0.0.1 -t 'ci/#' -v > "$work/avail.txt" 2>&1 &
 sub=$!
-wait_until 10 'grep -q "^ci/climate/availability online" "$work/avail.txt"' || fail "no retained online: $(cat "$work/avail.txt")"
+wait_until 10 'grep -qs "^ci/climate/availability online" "$work/avail.txt"' || fail "no retained online: $(cat "$work/avail.txt")"
 in_ct systemctl stop ser2mqtt
 wait "$sub" || true
 grep -q "^ci/climate/availability offline" "$work/avail.txt" || fail "no offline for the port on stop: $(cat "$work/avail.txt")"
