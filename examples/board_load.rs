@@ -81,6 +81,18 @@ fn memory(pids: &[u32]) -> (u64, u64) {
     pids.iter().map(|p| sample(*p)).fold((0, 0), |(r, a), s| (r + s.1, a + s.3))
 }
 
+/// A Mosquitto on `port` (loopback, anonymous, no persistence) with `extra` appended to its config,
+/// written into `dir` as `name`; returns once it accepts connections.
+fn mosquitto(bin: &str, dir: &std::path::Path, name: &str, port: u16, extra: &str) -> Child {
+    let conf = dir.join(name);
+    std::fs::write(&conf, format!("persistence false\nlistener {port} 127.0.0.1\nallow_anonymous true\n{extra}"))
+        .unwrap();
+    let child =
+        Child(Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    wait_port(port);
+    child
+}
+
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -132,13 +144,7 @@ async fn main() {
     let mut cloud = None;
     let cloud_port = free_port();
     if let Some(mosquitto) = &bridge {
-        let conf = dir.path().join("cloud.conf");
-        std::fs::write(&conf, format!("persistence false\nlistener {cloud_port} 127.0.0.1\nallow_anonymous true\n"))
-            .unwrap();
-        cloud = Some(Child(
-            Command::new(mosquitto).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
-        ));
-        wait_port(cloud_port);
+        cloud = Some(self::mosquitto(mosquitto, dir.path(), "cloud.conf", cloud_port, ""));
     }
     let spawned = Instant::now();
     match args.first().map(String::as_str) {
@@ -176,20 +182,7 @@ async fn main() {
             children.push(Child(c));
         }
         Some("floor") => {
-            let mosquitto = args.get(1).expect(usage);
-            let conf = dir.path().join("m.conf");
-            std::fs::write(&conf, format!("persistence false\nlistener {port} 127.0.0.1\nallow_anonymous true\n"))
-                .unwrap();
-            children.push(Child(
-                Command::new(mosquitto)
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            ));
-            wait_port(port);
+            children.push(mosquitto(args.get(1).expect(usage), dir.path(), "m.conf", port, ""));
             for (i, d) in devices.iter().enumerate() {
                 // Raw, as a serial program sets its port: no echo, no CR to LF, reads return what is there.
                 let relay = format!(
@@ -200,24 +193,13 @@ async fn main() {
         }
         Some(baseline @ ("python" | "nodered")) => {
             let (gateway, mosquitto) = (args.get(1).expect(usage), args.get(2).expect(usage));
-            let conf = dir.path().join("m.conf");
-            let mut mconf = format!("persistence false\nlistener {port} 127.0.0.1\nallow_anonymous true\n");
-            if bridge.is_some() {
-                mconf += &format!(
+            let bridged = match bridge {
+                Some(_) => format!(
                     "connection cloud\naddress 127.0.0.1:{cloud_port}\ntopic bench/# out 1\ncleansession false\n"
-                );
-            }
-            std::fs::write(&conf, mconf).unwrap();
-            children.push(Child(
-                Command::new(mosquitto)
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            ));
-            wait_port(port);
+                ),
+                None => String::new(),
+            };
+            children.push(self::mosquitto(mosquitto, dir.path(), "m.conf", port, &bridged));
             let gw = if baseline == "python" {
                 Command::new("python3").arg(gateway).arg("127.0.0.1").arg(port.to_string()).args(&devices).spawn()
             } else {
