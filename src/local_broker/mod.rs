@@ -296,11 +296,9 @@ impl LocalBroker {
             .map_err(|e| BrokerError::Publish { topic: topic.to_string(), reason: e.to_string() })
     }
 
-    /// Whether a tap that takes the gateway's own publishes wants `topic` (the same test `tap::ClientTap`
-    /// applies: `$` topics never, otherwise one of its filters matches).
+    /// Whether a tap that takes the gateway's own publishes wants `topic`.
     fn own_tapped(&self, topic: &str) -> bool {
-        !topic.starts_with('$')
-            && self.own_taps.read().unwrap_or_else(|e| e.into_inner()).iter().any(|f| rumqttc::matches(topic, f))
+        tap::wants(&self.own_taps.read().unwrap_or_else(|e| e.into_inner()), topic)
     }
 
     /// Messages that MQTT clients publish on topics matching `filters` (not the gateway's own, which

@@ -13,6 +13,12 @@ use tokio::sync::mpsc;
 
 use crate::topic_map::OutMessage;
 
+/// Whether a tap on `filters` takes `topic`: `$` topics (the health probe's, broker internals) never
+/// leave the gateway; others when one of the filters matches.
+pub(super) fn wants(filters: &[String], topic: &str) -> bool {
+    !topic.starts_with('$') && filters.iter().any(|f| rumqttc::matches(topic, f))
+}
+
 pub(super) struct ClientTap {
     pub(super) filters: Vec<String>,
     /// Also what the gateway publishes in-process (the downlink's messages from the cloud).
@@ -31,8 +37,7 @@ impl Handler for ClientTap {
         }
         let p = &publish.inner;
         let topic: &str = &p.topic;
-        // `$` topics (the health probe's, broker internals) never leave the gateway.
-        if topic.starts_with('$') || !self.filters.iter().any(|f| rumqttc::matches(topic, f)) {
+        if !wants(&self.filters, topic) {
             return (true, acc);
         }
         if let Some(s) = session {
