@@ -69,6 +69,9 @@ if [ ! -s "$tarball" ]; then
     debootstrap --variant=minbase --include="$include" bookworm "$work/base" \
         "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" > "$work/debootstrap.log" 2>&1 \
         || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+    # The downloaded .debs are installed already; keeping them would double what the cache and each
+    # run's copy take on disk.
+    rm -f "$work/base"/var/cache/apt/archives/*.deb
     tar -C "$work/base" -cf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
     rm -rf "$work/base"
 fi
