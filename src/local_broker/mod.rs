@@ -131,7 +131,17 @@ impl LocalBroker {
         let mut addrs = Vec::new();
         let front_counters = Arc::new(front::FrontCounters::default());
         let front_cancel = CancellationToken::new();
-        for (index, l) in settings.listeners.iter().enumerate() {
+        // Every public address first: each engine's port is the kernel's pick, and that pick may be
+        // a port someone has just freed to hand to us (as tests do with their free ports).
+        let mut publics = Vec::with_capacity(settings.listeners.len());
+        for l in &settings.listeners {
+            let public = tokio::net::TcpListener::bind(l.addr)
+                .await
+                .map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?;
+            addrs.push(public.local_addr().map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?);
+            publics.push(public);
+        }
+        for ((index, l), public) in settings.listeners.iter().enumerate().zip(publics) {
             // The engine listens on loopback only; LAN clients reach it through the front door,
             // which holds them to the limits the engine lacks.
             let engine = |addr| -> anyhow::Result<_> {
@@ -154,10 +164,6 @@ impl LocalBroker {
             // rmqtt keys listener settings by id, the configured port by default: two listeners on
             // port 0 would share one. Their index is unique, and is what ACL rules refer to.
             server = server.listener_by_id(listener, index as u16);
-            let public = tokio::net::TcpListener::bind(l.addr)
-                .await
-                .map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?;
-            addrs.push(public.local_addr().map_err(|e| BrokerError::Bind { addr: l.addr, source: e.into() })?);
             let transport = front::Transport {
                 tls: l.tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone())),
                 websocket: l.websocket,
