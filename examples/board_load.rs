@@ -133,6 +133,16 @@ async fn main() {
             masters.push(Sensor::Tcp(listener));
         } else {
             let (master, slave) = SerialStream::pair().expect("pty pair");
+            // serialport opens both ends without O_CLOEXEC: every contender started below (the
+            // floor's one mosquitto_pub per port) would inherit every master. All ptys exist before
+            // the first child is spawned, so setting the flag now leaves no window.
+            for end in [&master, &slave] {
+                use std::os::fd::{AsRawFd, BorrowedFd};
+                // SAFETY: the fd belongs to `end`, which outlives this borrow.
+                let fd = unsafe { BorrowedFd::borrow_raw(end.as_raw_fd()) };
+                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+                    .expect("set FD_CLOEXEC");
+            }
             devices.push(slave.name().unwrap());
             masters.push(Sensor::Pty(master));
             slaves.push(slave);
