@@ -35,6 +35,9 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::io::AsyncWriteExt;
 use tokio_serial::{SerialPort, SerialStream};
 
+mod support;
+use support::pty;
+
 /// Time for the contender to open its ports and settle before the measured window.
 const WARMUP: Duration = Duration::from_secs(3);
 
@@ -132,17 +135,7 @@ async fn main() {
             devices.push(format!("tcp://{}", listener.local_addr().unwrap()));
             masters.push(Sensor::Tcp(listener));
         } else {
-            let (master, slave) = SerialStream::pair().expect("pty pair");
-            // serialport opens both ends without O_CLOEXEC: every contender started below (the
-            // floor's one mosquitto_pub per port) would inherit every master. All ptys exist before
-            // the first child is spawned, so setting the flag now leaves no window.
-            for end in [&master, &slave] {
-                use std::os::fd::{AsRawFd, BorrowedFd};
-                // SAFETY: the fd belongs to `end`, which outlives this borrow.
-                let fd = unsafe { BorrowedFd::borrow_raw(end.as_raw_fd()) };
-                nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-                    .expect("set FD_CLOEXEC");
-            }
+            let (master, slave) = pty::pair();
             devices.push(slave.name().unwrap());
             masters.push(Sensor::Pty(master));
             slaves.push(slave);

@@ -24,6 +24,8 @@ use tokio_serial::{SerialPort, SerialStream};
 #[allow(dead_code)]
 #[path = "../tests/support/cloud.rs"]
 mod cloud;
+mod support;
+use support::pty;
 
 use cloud::{persistence, Link, Mosquitto, Proxy};
 
@@ -94,15 +96,7 @@ enum SensorCmd {
 
 /// A pty pair with the slave's path published as the stable symlink `link` (the gateway's device).
 fn plug(link: &Path) -> (SerialStream, SerialStream) {
-    let (master, slave) = SerialStream::pair().expect("pty pair");
-    // serialport opens both ends without O_CLOEXEC: every gateway (and Mosquitto) this process
-    // starts would inherit a copy of each master, and dropping ours would then not hang the pty up.
-    for end in [&master, &slave] {
-        use std::os::fd::{AsRawFd, BorrowedFd};
-        // SAFETY: the fd belongs to `end`, which outlives this borrow.
-        let fd = unsafe { BorrowedFd::borrow_raw(end.as_raw_fd()) };
-        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).expect("set FD_CLOEXEC");
-    }
+    let (master, slave) = pty::pair();
     let target = slave.name().expect("pty name");
     let tmp = link.with_extension("new");
     let _ = std::fs::remove_file(&tmp);

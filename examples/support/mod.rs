@@ -1,0 +1,3 @@
+//! What the example programs (board_load, soak) share.
+
+pub mod pty;
